@@ -1,0 +1,218 @@
+//! Parity of the model core with independent references.
+//!
+//! Expected numbers come from PyTorch 2.15 `nn.GRU` and onnxruntime 1.32's GRU
+//! operator, written by `scripts/reference/make_fixtures.py` (pinned in
+//! `scripts/reference/requirements.txt`). The fixtures have distinct per-gate
+//! weights, non-zero initial states, T ≥ 10, 2–3 layers and variable lengths,
+//! so the two reset modes give visibly different numbers (the script checks
+//! they differ by > 1e-2).
+
+mod common;
+
+use candle_core::{DType, Device, Tensor};
+use common::*;
+use gru_serve::model::weights::{import_pytorch, PytorchNames};
+use gru_serve::model::{Backend, GruModel, ResetMode, Task};
+
+const TOL: f64 = 1e-5;
+
+fn check_fixture(model: &GruModel, data: &str, backend: Backend) {
+    let model = model.clone().with_backend(backend);
+    let d = load_data(data);
+    let lens = lengths(&d);
+    let (ys, h_n) = model.forward(&d["x"], &lens, Some(&d["h0"])).unwrap();
+    let want = if model.head().is_some() {
+        &d["y"]
+    } else {
+        &d["y_hidden"]
+    };
+    assert_close(&format!("{data} outputs ({backend:?})"), &ys, want, TOL);
+    assert_close(&format!("{data} final state ({backend:?})"), &h_n, &d["h_n"], TOL);
+}
+
+fn torch_l2() -> GruModel {
+    import_pytorch(
+        &fixture("torch_gru_l2.safetensors"),
+        &PytorchNames::default(),
+        Task::Regression,
+        &Device::Cpu,
+    )
+    .unwrap()
+}
+
+#[test]
+fn pytorch_two_layers_with_head() {
+    let m = torch_l2();
+    assert_eq!(m.config().num_layers, 2);
+    assert_eq!(m.config().output_size, Some(3));
+    assert_eq!(m.config().reset_mode, ResetMode::AfterMatmul);
+    for backend in [Backend::Fused, Backend::Reference] {
+        check_fixture(&m, "torch_gru_l2.data.safetensors", backend);
+    }
+}
+
+#[test]
+fn pytorch_three_layers_no_prefix_no_head() {
+    let m = import_pytorch(
+        &fixture("torch_gru_l3_nohead.safetensors"),
+        &PytorchNames::default(),
+        Task::Regression,
+        &Device::Cpu,
+    )
+    .unwrap();
+    assert_eq!(m.config().num_layers, 3);
+    assert!(m.head().is_none());
+    for backend in [Backend::Fused, Backend::Reference] {
+        check_fixture(&m, "torch_gru_l3_nohead.data.safetensors", backend);
+    }
+}
+
+#[cfg(feature = "onnx")]
+mod onnx {
+    use super::*;
+    use gru_serve::onnx::import_onnx;
+
+    fn check(name: &str, mode: ResetMode, layers: usize) {
+        let m = import_onnx(&fixture(&format!("{name}.onnx")), Task::Regression, &Device::Cpu)
+            .unwrap();
+        assert_eq!(m.config().reset_mode, mode, "{name}");
+        assert_eq!(m.config().num_layers, layers, "{name}");
+        for backend in [Backend::Fused, Backend::Reference] {
+            check_fixture(&m, &format!("{name}.data.safetensors"), backend);
+        }
+    }
+
+    /// linear_before_reset = 0 is the seed's cell: checks `before_matmul`.
+    #[test]
+    fn onnx_lbr0_is_before_matmul() {
+        check("onnx_gru_lbr0", ResetMode::BeforeMatmul, 2);
+    }
+
+    #[test]
+    fn onnx_lbr1_is_after_matmul() {
+        check("onnx_gru_lbr1", ResetMode::AfterMatmul, 2);
+    }
+
+    #[test]
+    fn onnx_layout1() {
+        check("onnx_gru_layout1", ResetMode::AfterMatmul, 1);
+    }
+
+    #[test]
+    fn onnx_refusals_name_what_was_found() {
+        let e = import_onnx(
+            &fixture("onnx_gru_bad_bidirectional.onnx"),
+            Task::Regression,
+            &Device::Cpu,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("bidirectional"), "{e}");
+        let e = import_onnx(&fixture("onnx_gru_bad_op.onnx"), Task::Regression, &Device::Cpu)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("Relu"), "{e}");
+    }
+
+    /// The same weights in the two reset modes differ: the fixtures can tell them apart.
+    #[test]
+    fn reset_modes_differ_on_the_fixtures() {
+        let m0 = import_onnx(&fixture("onnx_gru_lbr0.onnx"), Task::Regression, &Device::Cpu)
+            .unwrap();
+        let d = load_data("onnx_gru_lbr1.data.safetensors");
+        let (ys, _) = m0.forward(&d["x"], &lengths(&d), Some(&d["h0"])).unwrap();
+        assert!(max_abs_diff(&ys, &d["y"]) > 1e-2);
+    }
+}
+
+/// Stepping one step at a time reproduces the sequence forward (≤ 1e-6).
+#[test]
+fn stepping_equals_sequence_forward() {
+    for mode in [ResetMode::AfterMatmul, ResetMode::BeforeMatmul] {
+        let cfg = gru_serve::model::ModelConfig::new(5, 16, 2)
+            .with_head(3)
+            .with_reset_mode(mode);
+        let m = GruModel::init(cfg, 7, &Device::Cpu).unwrap();
+        let (b, t) = (3, 11);
+        let xs = rand_tensor(&[b, t, 5], 1, 1.0);
+        let h0 = rand_tensor(&[2, b, 16], 2, 0.5);
+        let lens = [11, 4, 7];
+        let (ys, h_n) = m.forward(&xs, &lens, Some(&h0)).unwrap();
+        for (row, &len) in lens.iter().enumerate() {
+            let mut state = h0.narrow(1, row, 1).unwrap();
+            for step in 0..len {
+                let x = xs.get(row).unwrap().narrow(0, step, 1).unwrap();
+                let (y, s) = m.step(&x, &state).unwrap();
+                state = s;
+                let want = ys.get(row).unwrap().narrow(0, step, 1).unwrap();
+                assert_close(&format!("{mode:?} row {row} step {step}"), &y, &want, 1e-6);
+            }
+            let want = h_n.narrow(1, row, 1).unwrap();
+            assert_close(&format!("{mode:?} row {row} final"), &state, &want, 1e-6);
+        }
+        // Padded positions are exactly zero.
+        let pad = ys.get(1).unwrap().narrow(0, 4, 7).unwrap();
+        assert_eq!(max_abs_diff(&pad, &pad.zeros_like().unwrap()), 0.0);
+    }
+}
+
+/// The fused CPU kernels and the candle-op reference agree, both modes, f32 and f64.
+#[test]
+fn fused_kernels_match_reference_ops() {
+    for mode in [ResetMode::AfterMatmul, ResetMode::BeforeMatmul] {
+        for dtype in [DType::F32, DType::F64] {
+            let prec = gru_serve::model::Precision::from_dtype(dtype).unwrap();
+            let cfg = gru_serve::model::ModelConfig::new(9, 33, 2)
+                .with_reset_mode(mode)
+                .with_dtype(prec);
+            let m = GruModel::init(cfg, 11, &Device::Cpu).unwrap();
+            let xs = rand_tensor(&[5, 13, 9], 3, 2.0).to_dtype(dtype).unwrap();
+            let h0 = rand_tensor(&[2, 5, 33], 4, 0.9).to_dtype(dtype).unwrap();
+            let lens = [13, 13, 2, 9, 1];
+            let (a, ha) = m.forward(&xs, &lens, Some(&h0)).unwrap();
+            let r = m.clone().with_backend(Backend::Reference);
+            let (b, hb) = r.forward(&xs, &lens, Some(&h0)).unwrap();
+            let tol = if dtype == DType::F64 { 1e-12 } else { 2e-6 };
+            assert_close(&format!("{mode:?} {dtype:?} ys"), &a, &b, tol);
+            assert_close(&format!("{mode:?} {dtype:?} h_n"), &ha, &hb, tol);
+        }
+    }
+}
+
+/// Zero weights: z = ½ and the candidate is 0, so h_t = ½ h_{t−1} exactly.
+#[test]
+fn zero_weights_halve_the_state() {
+    let cfg = gru_serve::model::ModelConfig::new(2, 4, 1);
+    let m = GruModel::init(cfg.clone(), 0, &Device::Cpu).unwrap();
+    let zero = |t: &Tensor| t.zeros_like().unwrap();
+    let l = &m.layers()[0];
+    let p = l.params();
+    let layer = gru_serve::model::GruLayer::new(
+        l.mode(),
+        gru_serve::model::LayerParams {
+            w_ih: zero(&p.w_ih),
+            w_hh: zero(&p.w_hh),
+            b_ih: zero(&p.b_ih),
+            b_hh: zero(&p.b_hh),
+        },
+    )
+    .unwrap();
+    let m = GruModel::new(cfg, vec![layer], None).unwrap();
+    let h0 = Tensor::new(&[[[0.8f32, -0.4, 0.2, 1.0]]], &Device::Cpu).unwrap();
+    let x = Tensor::new(&[[0.3f32, -2.0]], &Device::Cpu).unwrap();
+    let (_, h1) = m.step(&x, &h0).unwrap();
+    assert_close("h1", &h1, &(h0 * 0.5).unwrap(), 1e-7);
+}
+
+#[test]
+fn bad_inputs_are_refused_with_a_message() {
+    let m = torch_l2();
+    let xs = Tensor::zeros((2, 4, 5), DType::F32, &Device::Cpu).unwrap();
+    let err = |r: Result<_, gru_serve::model::ModelError>| r.map(|_| ()).unwrap_err().to_string();
+    assert!(err(m.forward(&xs, &[4, 5], None)).contains("lengths[1] = 5"));
+    assert!(err(m.forward(&xs, &[4], None)).contains("1 lengths for a batch of 2"));
+    let xs6 = Tensor::zeros((2, 4, 6), DType::F32, &Device::Cpu).unwrap();
+    assert!(err(m.forward(&xs6, &[4, 4], None)).contains("input_size is 5"));
+    let bad_state = Tensor::zeros((1, 2, 7), DType::F32, &Device::Cpu).unwrap();
+    assert!(err(m.forward(&xs, &[4, 4], Some(&bad_state))).contains("[2, 2, 7]"));
+}
