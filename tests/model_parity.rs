@@ -27,7 +27,12 @@ fn check_fixture(model: &GruModel, data: &str, backend: Backend) {
         &d["y_hidden"]
     };
     assert_close(&format!("{data} outputs ({backend:?})"), &ys, want, TOL);
-    assert_close(&format!("{data} final state ({backend:?})"), &h_n, &d["h_n"], TOL);
+    assert_close(
+        &format!("{data} final state ({backend:?})"),
+        &h_n,
+        &d["h_n"],
+        TOL,
+    );
 }
 
 fn torch_l2() -> GruModel {
@@ -73,8 +78,12 @@ mod onnx {
     use gru_serve::onnx::import_onnx;
 
     fn check(name: &str, mode: ResetMode, layers: usize) {
-        let m = import_onnx(&fixture(&format!("{name}.onnx")), Task::Regression, &Device::Cpu)
-            .unwrap();
+        let m = import_onnx(
+            &fixture(&format!("{name}.onnx")),
+            Task::Regression,
+            &Device::Cpu,
+        )
+        .unwrap();
         assert_eq!(m.config().reset_mode, mode, "{name}");
         assert_eq!(m.config().num_layers, layers, "{name}");
         for backend in [Backend::Fused, Backend::Reference] {
@@ -108,17 +117,25 @@ mod onnx {
         .unwrap_err()
         .to_string();
         assert!(e.contains("bidirectional"), "{e}");
-        let e = import_onnx(&fixture("onnx_gru_bad_op.onnx"), Task::Regression, &Device::Cpu)
-            .unwrap_err()
-            .to_string();
+        let e = import_onnx(
+            &fixture("onnx_gru_bad_op.onnx"),
+            Task::Regression,
+            &Device::Cpu,
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("Relu"), "{e}");
     }
 
     /// The same weights in the two reset modes differ: the fixtures can tell them apart.
     #[test]
     fn reset_modes_differ_on_the_fixtures() {
-        let m0 = import_onnx(&fixture("onnx_gru_lbr0.onnx"), Task::Regression, &Device::Cpu)
-            .unwrap();
+        let m0 = import_onnx(
+            &fixture("onnx_gru_lbr0.onnx"),
+            Task::Regression,
+            &Device::Cpu,
+        )
+        .unwrap();
         let d = load_data("onnx_gru_lbr1.data.safetensors");
         let (ys, _) = m0.forward(&d["x"], &lengths(&d), Some(&d["h0"])).unwrap();
         assert!(max_abs_diff(&ys, &d["y"]) > 1e-2);

@@ -183,7 +183,9 @@ impl<'a> CpuView<'a> {
     pub fn slice<T: Real>(&self) -> Result<&[T], ModelError> {
         match &*self.guard {
             Storage::Cpu(s) => Ok(&T::cpu_storage_as_slice(s)?[self.start..self.end]),
-            _ => Err(ModelError::Internal("fused kernel given a non-CPU tensor".into())),
+            _ => Err(ModelError::Internal(
+                "fused kernel given a non-CPU tensor".into(),
+            )),
         }
     }
 }
@@ -329,7 +331,15 @@ fn forward_cpu<T: Real>(
             ResetMode::BeforeMatmul => {
                 let hv = Rows::new(&state, 0, hs);
                 // grz = h [U_r | U_z]: the first 2H columns of w_hh.
-                matmul_into(&mut gh, b, 2 * hs, hs, hv, Rows::new(w_hh, 0, 3 * hs), false);
+                matmul_into(
+                    &mut gh,
+                    b,
+                    2 * hs,
+                    hs,
+                    hv,
+                    Rows::new(w_hh, 0, 3 * hs),
+                    false,
+                );
                 for row in 0..b {
                     kernels::before_gates_row(
                         gi_t.row(row, 3 * hs),
@@ -341,7 +351,15 @@ fn forward_cpu<T: Real>(
                 }
                 // gs = (r ⊙ h) U_h: the last H columns of w_hh.
                 let sv = Rows::new(&s, 0, hs);
-                matmul_into(&mut gh, b, hs, hs, sv, Rows::new(w_hh, 2 * hs, 3 * hs), false);
+                matmul_into(
+                    &mut gh,
+                    b,
+                    hs,
+                    hs,
+                    sv,
+                    Rows::new(w_hh, 2 * hs, 3 * hs),
+                    false,
+                );
                 for row in 0..b {
                     let rz_row = &rz[row * 2 * hs..(row + 1) * 2 * hs];
                     let mut c_out = None;

@@ -254,8 +254,14 @@ mod tests {
         for x in [-1e30f32, -200.0, 200.0, 1e30] {
             let s = x.sigmoid_k();
             let t = x.tanh_k();
-            assert!(s.is_finite() && (0.0..=1.0).contains(&s), "sigmoid({x}) = {s}");
-            assert!(t.is_finite() && (-1.0..=1.0).contains(&t), "tanh({x}) = {t}");
+            assert!(
+                s.is_finite() && (0.0..=1.0).contains(&s),
+                "sigmoid({x}) = {s}"
+            );
+            assert!(
+                t.is_finite() && (-1.0..=1.0).contains(&t),
+                "tanh({x}) = {t}"
+            );
         }
         assert!((0.3f32.tanh_k() - 0.3f32.tanh()).abs() < 2e-7);
         assert!((0.0f32.sigmoid_k() - 0.5).abs() < 1e-7);

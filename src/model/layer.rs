@@ -246,9 +246,8 @@ fn swap_first_blocks(t: &Tensor, h: usize) -> Result<Tensor, ModelError> {
 /// The ONNX arrays (W, R, B) of a layer: the inverse of [`GruLayer::from_onnx`].
 pub fn to_onnx(layer: &GruLayer) -> Result<[Tensor; 3], ModelError> {
     let h = layer.hidden_size;
-    let to = |t: &Tensor| -> Result<Tensor, ModelError> {
-        swap_first_blocks(&negate_z(t, 0, h)?, h)
-    };
+    let to =
+        |t: &Tensor| -> Result<Tensor, ModelError> { swap_first_blocks(&negate_z(t, 0, h)?, h) };
     let w = to(&layer.w_ih.t()?)?.contiguous()?;
     let r = to(&layer.w_hh.t()?)?.contiguous()?;
     let b = Tensor::cat(&[to(&layer.b_ih)?, to(&layer.b_hh)?], 0)?;

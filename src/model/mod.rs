@@ -5,6 +5,7 @@
 //! - [`network`]: stacked layers + linear head; `step` and padded `forward`.
 //! - [`weights`]: native folder format, PyTorch state dicts, ONNX arrays.
 
+pub mod bptt;
 pub mod config;
 pub mod forward;
 pub mod kernels;

@@ -276,7 +276,8 @@ impl GruModel {
             if identity {
                 Ok(t.clone())
             } else {
-                t.index_select(&idx, dim)
+                // index_select wants contiguous input; callers may pass views.
+                t.contiguous()?.index_select(&idx, dim)
             }
         };
         let mut input = sort(xs, 0)?.transpose(0, 1)?.contiguous()?; // [T, B, I]
@@ -394,7 +395,7 @@ pub(crate) fn step_mask(
     Tensor::from_vec(m, (batch_sizes.len(), b, 1), device)?.to_dtype(dtype)
 }
 
-fn inverse_index(order: &[usize], device: &Device) -> candle_core::Result<Tensor> {
+pub(crate) fn inverse_index(order: &[usize], device: &Device) -> candle_core::Result<Tensor> {
     let mut inv = vec![0u32; order.len()];
     for (k, &r) in order.iter().enumerate() {
         inv[r] = k as u32;

@@ -110,8 +110,12 @@ fn take(
     let view = st
         .tensor(name)
         .map_err(|_| ModelError::Weights(format!("missing tensor '{name}'")))?;
-    let found = st_dtype(view.dtype())
-        .ok_or_else(|| ModelError::Weights(format!("tensor '{name}' has unsupported dtype {:?}", view.dtype())))?;
+    let found = st_dtype(view.dtype()).ok_or_else(|| {
+        ModelError::Weights(format!(
+            "tensor '{name}' has unsupported dtype {:?}",
+            view.dtype()
+        ))
+    })?;
     if found != dtype {
         return Err(ModelError::Weights(format!(
             "tensor '{name}' is {found:?}, expected {dtype:?}"
@@ -291,11 +295,9 @@ fn import_pytorch_tensors(
                         "no 'weight_ih_l0' tensor: not an nn.GRU state dict".into(),
                     ))
                 }
-                _ => {
-                    return Err(ModelError::Weights(format!(
-                        "several GRUs in the state dict (prefixes {found:?}); name the one to import"
-                    )))
-                }
+                _ => return Err(ModelError::Weights(format!(
+                    "several GRUs in the state dict (prefixes {found:?}); name the one to import"
+                ))),
             }
         }
     };
@@ -339,15 +341,16 @@ fn import_pytorch_tensors(
     let mut layers = Vec::with_capacity(num_layers);
     for k in 0..num_layers {
         let i = if k == 0 { input_size } else { h };
-        let mut get = |name: String, shape: &[usize], optional: bool| -> Result<Tensor, ModelError> {
-            if optional && view(&name).is_none() {
-                // nn.GRU(bias=False): the biases are zero.
-                return Ok(Tensor::zeros(shape, dtype, device)?);
-            }
-            let t = take(st, &name, shape, dtype, device)?;
-            used.insert(name);
-            Ok(t)
-        };
+        let mut get =
+            |name: String, shape: &[usize], optional: bool| -> Result<Tensor, ModelError> {
+                if optional && view(&name).is_none() {
+                    // nn.GRU(bias=False): the biases are zero.
+                    return Ok(Tensor::zeros(shape, dtype, device)?);
+                }
+                let t = take(st, &name, shape, dtype, device)?;
+                used.insert(name);
+                Ok(t)
+            };
         let w_ih = get(format!("{prefix}weight_ih_l{k}"), &[3 * h, i], false)?;
         let w_hh = get(format!("{prefix}weight_hh_l{k}"), &[3 * h, h], false)?;
         let b_ih = get(format!("{prefix}bias_ih_l{k}"), &[3 * h], true)?;

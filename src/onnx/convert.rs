@@ -10,7 +10,11 @@ use crate::model::weights::{model_from_onnx_layers, OnnxLayerArrays};
 use crate::model::{GruModel, ModelError, Task};
 
 fn tensor(a: &Array, device: &Device) -> Result<Tensor, ModelError> {
-    Ok(Tensor::from_vec(a.data.clone(), a.shape.as_slice(), device)?)
+    Ok(Tensor::from_vec(
+        a.data.clone(),
+        a.shape.as_slice(),
+        device,
+    )?)
 }
 
 /// Builds the model a parsed graph describes (f32, as ONNX stored it).
