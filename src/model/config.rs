@@ -170,10 +170,12 @@ impl ModelConfig {
         if matches!(self.task, Task::ClassifyPerStep | Task::ClassifyLast) {
             match self.output_size {
                 Some(o) if o >= 2 => {}
-                other => return bad(format!(
+                other => {
+                    return bad(format!(
                     "task {:?} needs a head with output_size >= 2 (class logits), got {other:?}",
                     self.task
-                )),
+                ))
+                }
             }
         }
         Ok(())

@@ -11,6 +11,7 @@ pub mod forward;
 pub mod kernels;
 pub mod layer;
 pub mod network;
+pub mod train;
 pub mod weights;
 
 pub use config::{ModelConfig, Precision, ResetMode, Task, FORMAT_VERSION};
@@ -39,6 +40,10 @@ pub enum ModelError {
     },
     #[error("tensor error: {0}")]
     Candle(#[from] candle_core::Error),
+    #[error("training was cancelled")]
+    Cancelled,
+    #[error("non-finite values: {0}")]
+    NonFinite(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -54,6 +59,8 @@ impl ModelError {
             ModelError::Unsupported(_) => "unsupported",
             ModelError::Io { .. } => "io",
             ModelError::Candle(_) => "candle",
+            ModelError::Cancelled => "cancelled",
+            ModelError::NonFinite(_) => "non_finite",
             ModelError::Internal(_) => "internal",
         }
     }

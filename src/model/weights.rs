@@ -180,11 +180,17 @@ pub fn load_config(dir: &Path) -> Result<ModelConfig, ModelError> {
     // Check the version before the rest, so a newer format says so plainly.
     let raw: serde_json::Value = serde_json::from_slice(&text)
         .map_err(|e| ModelError::Config(format!("{}: {e}", path.display())))?;
-    match raw.get("format_version").and_then(|v| v.as_u64()) {
-        Some(v) if v == FORMAT_VERSION as u64 => {}
-        Some(v) => {
+    match raw.get("format_version") {
+        Some(v) if v.as_u64() == Some(FORMAT_VERSION as u64) => {}
+        Some(v) if v.is_u64() => {
             return Err(ModelError::Config(format!(
                 "{}: unknown format_version {v} (this build reads version {FORMAT_VERSION})",
+                path.display()
+            )))
+        }
+        Some(v) => {
+            return Err(ModelError::Config(format!(
+                "{}: format_version is {v}, expected an unsigned integer",
                 path.display()
             )))
         }
@@ -197,7 +203,10 @@ pub fn load_config(dir: &Path) -> Result<ModelConfig, ModelError> {
     }
     let cfg: ModelConfig = serde_json::from_value(raw)
         .map_err(|e| ModelError::Config(format!("{}: {e}", path.display())))?;
-    cfg.validate()?;
+    cfg.validate().map_err(|e| match e {
+        ModelError::Config(m) => ModelError::Config(format!("{}: {m}", path.display())),
+        other => other,
+    })?;
     Ok(cfg)
 }
 
@@ -207,6 +216,14 @@ pub fn load_native(dir: &Path, device: &Device) -> Result<GruModel, ModelError> 
     let path = dir.join(WEIGHTS_FILE);
     let bytes = read_limited(&path)?;
     let st = parse_safetensors(&bytes, &path)?;
+    native_from_safetensors(cfg, &st, device).map_err(|e| annotate(e, &path.display().to_string()))
+}
+
+fn native_from_safetensors(
+    cfg: ModelConfig,
+    st: &SafeTensors<'_>,
+    device: &Device,
+) -> Result<GruModel, ModelError> {
     let dtype = cfg.dtype.dtype();
     let h = cfg.hidden_size;
     let mut expected = BTreeSet::new();
@@ -215,10 +232,10 @@ pub fn load_native(dir: &Path, device: &Device) -> Result<GruModel, ModelError> 
         let i = cfg.layer_input_size(k);
         let names = native_names(k);
         let p = LayerParams {
-            w_ih: take(&st, &names[0], &[i, 3 * h], dtype, device)?,
-            w_hh: take(&st, &names[1], &[h, 3 * h], dtype, device)?,
-            b_ih: take(&st, &names[2], &[3 * h], dtype, device)?,
-            b_hh: take(&st, &names[3], &[3 * h], dtype, device)?,
+            w_ih: take(st, &names[0], &[i, 3 * h], dtype, device)?,
+            w_hh: take(st, &names[1], &[h, 3 * h], dtype, device)?,
+            b_ih: take(st, &names[2], &[3 * h], dtype, device)?,
+            b_hh: take(st, &names[3], &[3 * h], dtype, device)?,
         };
         expected.extend(names);
         layers.push(GruLayer::new(cfg.reset_mode, p)?);
@@ -227,18 +244,16 @@ pub fn load_native(dir: &Path, device: &Device) -> Result<GruModel, ModelError> 
         Some(o) => {
             expected.extend(["head.w".to_string(), "head.b".to_string()]);
             Some(Head {
-                w: take(&st, "head.w", &[h, o], dtype, device)?,
-                b: take(&st, "head.b", &[o], dtype, device)?,
+                w: take(st, "head.w", &[h, o], dtype, device)?,
+                b: take(st, "head.b", &[o], dtype, device)?,
             })
         }
         None => None,
     };
     if let Some(extra) = st.names().into_iter().find(|n| !expected.contains(*n)) {
         return Err(ModelError::Weights(format!(
-            "unexpected tensor '{extra}' in {} (config: {} layers, head {:?})",
-            path.display(),
-            cfg.num_layers,
-            cfg.output_size
+            "unexpected tensor '{extra}' (config: {} layers, head {:?})",
+            cfg.num_layers, cfg.output_size
         )));
     }
     GruModel::new(cfg, layers, head)
@@ -295,9 +310,11 @@ fn import_pytorch_tensors(
                         "no 'weight_ih_l0' tensor: not an nn.GRU state dict".into(),
                     ))
                 }
-                _ => return Err(ModelError::Weights(format!(
+                _ => {
+                    return Err(ModelError::Weights(format!(
                     "several GRUs in the state dict (prefixes {found:?}); name the one to import"
-                ))),
+                )))
+                }
             }
         }
     };
@@ -357,10 +374,17 @@ fn import_pytorch_tensors(
         let b_hh = get(format!("{prefix}bias_hh_l{k}"), &[3 * h], true)?;
         layers.push(GruLayer::from_pytorch(&w_ih, &w_hh, &b_ih, &b_hh)?);
     }
-    if let Some(stray) = all
-        .iter()
-        .find(|n| n.starts_with(&prefix) && !prefix.is_empty() && !used.contains(**n))
-    {
+    // Under an empty prefix, only keys shaped like nn.GRU's can be strays.
+    let gru_key = |r: &str| {
+        ["weight_ih_l", "weight_hh_l", "bias_ih_l", "bias_hh_l"]
+            .iter()
+            .any(|p| r.starts_with(p))
+    };
+    if let Some(stray) = all.iter().find(|n| {
+        !used.contains(**n)
+            && n.strip_prefix(prefix.as_str())
+                .is_some_and(|r| !prefix.is_empty() || gru_key(r))
+    }) {
         return Err(ModelError::Weights(format!(
             "tensor '{stray}' under the GRU prefix '{prefix}' is not part of an nn.GRU with {num_layers} layers"
         )));
