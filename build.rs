@@ -4,6 +4,8 @@
 fn main() {
     #[cfg(feature = "onnx")]
     compile_onnx();
+    #[cfg(feature = "grpc")]
+    compile_gru();
 }
 
 #[cfg(feature = "onnx")]
@@ -14,4 +16,19 @@ fn compile_onnx() {
     prost_build::Config::new()
         .compile_fds(fds)
         .expect("generate ONNX protobuf types");
+}
+
+#[cfg(feature = "grpc")]
+fn compile_gru() {
+    use prost::Message;
+    let proto = "proto/gru/v1/gru.proto";
+    println!("cargo:rerun-if-changed={proto}");
+    let fds = protox::compile([proto], ["proto"]).expect("compile proto/gru/v1/gru.proto");
+    // The descriptor set feeds server reflection, so grpcurl needs no .proto file.
+    let out = std::path::PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR"));
+    std::fs::write(out.join("gru_descriptor.bin"), fds.encode_to_vec())
+        .expect("write gru_descriptor.bin");
+    tonic_prost_build::configure()
+        .compile_fds(fds)
+        .expect("generate gru.v1 gRPC code");
 }

@@ -1,0 +1,110 @@
+//! Command-line configuration. Every flag has a `GRU_*` environment twin and
+//! a default; `gru-serve --help` is the reference the README quotes. Nothing
+//! else in the program reads the environment.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+use crate::engine::EngineConfig;
+use crate::server::ServerConfig;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// gru-serve: a gRPC server for GRU recurrent models, with server-side session state.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "gru-serve", version, about)]
+pub struct Args {
+    /// Address to serve gRPC on.
+    #[arg(long, env = "GRU_LISTEN", default_value = "0.0.0.0:50051")]
+    pub listen: SocketAddr,
+
+    /// Model repository: <dir>/<name>/<version>/ holding a native model,
+    /// pytorch.safetensors or model.onnx.
+    #[arg(long, env = "GRU_MODEL_DIR", default_value = "models")]
+    pub model_dir: PathBuf,
+
+    /// Most live sessions; opening past it gets RESOURCE_EXHAUSTED (never an eviction).
+    #[arg(long, env = "GRU_MAX_SESSIONS", default_value_t = 100_000)]
+    pub max_sessions: usize,
+
+    /// Idle seconds after which a session expires.
+    #[arg(long, env = "GRU_SESSION_TTL_SECS", default_value_t = 600)]
+    pub session_ttl_secs: u64,
+
+    /// Most sessions one batched step gathers.
+    #[arg(long, env = "GRU_MAX_BATCH", default_value_t = 256)]
+    pub max_batch: usize,
+
+    /// Pending step requests per model version before RESOURCE_EXHAUSTED.
+    #[arg(long, env = "GRU_QUEUE_CAPACITY", default_value_t = 4096)]
+    pub queue_capacity: usize,
+
+    /// Most rows (steps) in one step message.
+    #[arg(long, env = "GRU_MAX_STEPS_PER_MESSAGE", default_value_t = 4096)]
+    pub max_steps_per_message: usize,
+
+    /// Most sequences in one Predict request.
+    #[arg(long, env = "GRU_MAX_PREDICT_SEQUENCES", default_value_t = 4096)]
+    pub max_predict_sequences: usize,
+
+    /// Most total steps in one Predict request.
+    #[arg(long, env = "GRU_MAX_PREDICT_STEPS", default_value_t = 1 << 22)]
+    pub max_predict_steps: usize,
+
+    /// Largest gRPC message in bytes, either direction (tonic's default is 4 MiB).
+    #[arg(long, env = "GRU_MAX_MESSAGE_BYTES", default_value_t = 64 << 20)]
+    pub max_message_bytes: usize,
+
+    /// Most concurrently open StepStream streams.
+    #[arg(long, env = "GRU_MAX_STREAMS", default_value_t = 4096)]
+    pub max_streams: usize,
+
+    /// Threads for the async runtime (network I/O). Compute runs elsewhere.
+    #[arg(long, env = "GRU_RUNTIME_THREADS", default_value_t = 1)]
+    pub runtime_threads: usize,
+
+    /// Threads a large matmul may use. At batch 1 one thread is fastest
+    /// (measured: 2 rayon threads were ~6x slower at H = 64).
+    #[arg(long, env = "GRU_COMPUTE_THREADS", default_value_t = 1)]
+    pub compute_threads: usize,
+
+    /// Seconds shutdown waits for in-flight requests.
+    #[arg(long, env = "GRU_DRAIN_TIMEOUT_SECS", default_value_t = 10)]
+    pub drain_timeout_secs: u64,
+
+    /// Log format.
+    #[arg(long, env = "GRU_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+
+    /// Log filter (tracing EnvFilter syntax).
+    #[arg(long, env = "GRU_LOG", default_value = "info")]
+    pub log: String,
+}
+
+impl Args {
+    pub fn server_config(&self) -> ServerConfig {
+        ServerConfig {
+            engine: EngineConfig {
+                model_dir: self.model_dir.clone(),
+                max_sessions: self.max_sessions,
+                session_ttl: Duration::from_secs(self.session_ttl_secs),
+                max_batch: self.max_batch,
+                queue_capacity: self.queue_capacity,
+                max_steps_per_message: self.max_steps_per_message,
+                max_predict_sequences: self.max_predict_sequences,
+                max_predict_steps: self.max_predict_steps,
+                compute_threads: self.compute_threads,
+            },
+            max_message_bytes: self.max_message_bytes,
+            max_streams: self.max_streams,
+            drain_timeout: Duration::from_secs(self.drain_timeout_secs),
+        }
+    }
+}

@@ -1,0 +1,320 @@
+//! One compute worker per served model version. It owns a thread (compute
+//! never runs on the async runtime), takes step requests from a bounded
+//! queue, and runs whatever is waiting — up to `max_batch` sessions — as ONE
+//! batched forward: gather the sessions' h rows, one [B, I]·[I, 3H] and one
+//! [B, H]·[H, 3H] product per layer and step, scatter the new rows back. A
+//! lone request is run at once: there is no waiting window. Messages with
+//! k > 1 rows join the same batch as a padded variable-length batch.
+
+use std::collections::{HashSet, VecDeque};
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use candle_core::{DType, Tensor};
+use tokio::sync::oneshot;
+
+use super::sessions::{LastReply, Session};
+use super::EngineError;
+use crate::model::GruModel;
+
+/// The result of one step message.
+#[derive(Debug, Clone)]
+pub struct StepOutcome {
+    /// [k × output] row-major.
+    pub outputs: Vec<f32>,
+    pub start_step: u64,
+    pub next_step: u64,
+    /// h after the last step, [layers × hidden].
+    pub state: Vec<f32>,
+}
+
+#[derive(Debug, Clone)]
+pub struct StepReply {
+    pub outcome: Arc<StepOutcome>,
+    /// Answered from the last reply (a retry), nothing was computed.
+    pub replayed: bool,
+}
+
+pub struct StepJob {
+    pub session: Arc<Session>,
+    /// [k × input] row-major, already validated.
+    pub inputs: Vec<f32>,
+    pub k: usize,
+    pub start_step: Option<u64>,
+    pub reply: oneshot::Sender<Result<StepReply, EngineError>>,
+    pub span: tracing::Span,
+}
+
+/// Power-of-two histogram of formed batch sizes: bucket i counts sizes in [2^i, 2^(i+1)).
+pub const BATCH_BUCKETS: usize = 16;
+
+#[derive(Default)]
+pub struct WorkerStats {
+    pub batches: AtomicU64,
+    pub session_steps: AtomicU64,
+    pub batch_size_hist: [AtomicU64; BATCH_BUCKETS],
+}
+
+impl WorkerStats {
+    fn record(&self, size: usize) {
+        self.batches.fetch_add(1, Ordering::Relaxed);
+        self.session_steps.fetch_add(size as u64, Ordering::Relaxed);
+        let b = (usize::BITS - 1 - size.max(1).leading_zeros()) as usize;
+        self.batch_size_hist[b.min(BATCH_BUCKETS - 1)].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+pub struct Worker {
+    name: String,
+    tx: Mutex<Option<SyncSender<StepJob>>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    pub stats: Arc<WorkerStats>,
+    capacity: usize,
+}
+
+impl Worker {
+    pub fn start(
+        name: String,
+        model: Arc<GruModel>,
+        max_batch: usize,
+        capacity: usize,
+    ) -> Result<Worker, EngineError> {
+        let (tx, rx) = sync_channel(capacity);
+        let stats = Arc::new(WorkerStats::default());
+        let st = stats.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("gru-worker {name}"))
+            .spawn(move || run(rx, &model, max_batch.max(1), &st))
+            .map_err(|e| EngineError::Internal(format!("spawn worker: {e}")))?;
+        Ok(Worker {
+            name,
+            tx: Mutex::new(Some(tx)),
+            thread: Mutex::new(Some(thread)),
+            stats,
+            capacity,
+        })
+    }
+
+    /// Queues a job; a full queue is RESOURCE_EXHAUSTED, never a wait.
+    pub fn submit(&self, job: StepJob) -> Result<(), EngineError> {
+        let tx = self.tx.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(tx) = tx.as_ref() else {
+            return Err(EngineError::Unavailable(
+                "the server is shutting down".into(),
+            ));
+        };
+        tx.try_send(job).map_err(|e| match e {
+            TrySendError::Full(_) => EngineError::ResourceExhausted(format!(
+                "model '{}' has {} requests queued (the limit); retry later",
+                self.name, self.capacity
+            )),
+            TrySendError::Disconnected(_) => {
+                EngineError::Unavailable("the model worker has stopped".into())
+            }
+        })
+    }
+
+    /// Closes the queue and joins the thread (queued jobs are still answered).
+    pub fn stop(&self) {
+        self.tx.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(t) = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            let _ = t.join();
+        }
+    }
+}
+
+pub fn digest(inputs: &[f32]) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    inputs.len().hash(&mut h);
+    for v in inputs {
+        v.to_bits().hash(&mut h);
+    }
+    h.finish()
+}
+
+fn run(rx: Receiver<StepJob>, model: &GruModel, max_batch: usize, stats: &WorkerStats) {
+    let mut pending: VecDeque<StepJob> = VecDeque::new();
+    loop {
+        if pending.is_empty() {
+            match rx.recv() {
+                Ok(j) => pending.push_back(j),
+                Err(_) => return,
+            }
+        }
+        while pending.len() < max_batch * 2 {
+            match rx.try_recv() {
+                Ok(j) => pending.push_back(j),
+                Err(_) => break,
+            }
+        }
+        // One batch: at most one job per session (a session's later job must
+        // see the earlier one's state), keeping each session's order.
+        let mut batch = Vec::new();
+        let mut seen = HashSet::new();
+        let mut rest = VecDeque::new();
+        while let Some(j) = pending.pop_front() {
+            if batch.len() < max_batch && seen.insert(Arc::as_ptr(&j.session)) {
+                batch.push(j);
+            } else {
+                seen.insert(Arc::as_ptr(&j.session));
+                rest.push_back(j);
+            }
+        }
+        pending = rest;
+        run_batch(model, batch, stats);
+    }
+}
+
+struct Live {
+    job: StepJob,
+    h: Vec<f32>,
+    start: u64,
+    digest: u64,
+}
+
+fn run_batch(model: &GruModel, batch: Vec<StepJob>, stats: &WorkerStats) {
+    let mut live = Vec::with_capacity(batch.len());
+    for job in batch {
+        if job.reply.is_closed() {
+            continue; // the client has gone
+        }
+        let d = job.session.lock();
+        if d.closed {
+            drop(d);
+            let id = job.session.id.clone();
+            let _ = job.reply.send(Err(EngineError::SessionNotFound(id)));
+            continue;
+        }
+        let dg = digest(&job.inputs);
+        if let Some(s) = job.start_step {
+            if s != d.step_index {
+                let replay = d
+                    .last
+                    .as_ref()
+                    .filter(|l| l.start_step == s && l.digest == dg)
+                    .map(|l| l.outcome.clone());
+                let msg = match replay {
+                    Some(outcome) => Ok(StepReply {
+                        outcome,
+                        replayed: true,
+                    }),
+                    None => Err(EngineError::FailedPrecondition(format!(
+                        "session '{}' is at step {}; this message starts at step {s} (only a retry of the last message, which started at {}, can be repeated)",
+                        job.session.id,
+                        d.step_index,
+                        d.last.as_ref().map_or("none".to_string(), |l| l.start_step.to_string())
+                    ))),
+                };
+                drop(d);
+                let _ = job.reply.send(msg);
+                continue;
+            }
+        }
+        let (h, start) = (d.h.clone(), d.step_index);
+        drop(d);
+        live.push(Live {
+            job,
+            h,
+            start,
+            digest: dg,
+        });
+    }
+    if live.is_empty() {
+        return;
+    }
+    stats.record(live.len());
+    match compute(model, &live) {
+        Ok((outs, states)) => {
+            for ((l, out), state) in live.into_iter().zip(outs).zip(states) {
+                let _enter = l.job.span.enter();
+                let mut d = l.job.session.lock();
+                if d.closed {
+                    drop(d);
+                    let id = l.job.session.id.clone();
+                    let _ = l.job.reply.send(Err(EngineError::SessionNotFound(id)));
+                    continue;
+                }
+                let next = l.start + l.job.k as u64;
+                let outcome = Arc::new(StepOutcome {
+                    outputs: out,
+                    start_step: l.start,
+                    next_step: next,
+                    state: state.clone(),
+                });
+                d.h = state;
+                d.step_index = next;
+                d.last = Some(LastReply {
+                    start_step: l.start,
+                    digest: l.digest,
+                    outcome: outcome.clone(),
+                });
+                drop(d);
+                let _ = l.job.reply.send(Ok(StepReply {
+                    outcome,
+                    replayed: false,
+                }));
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "batched step failed");
+            for l in live {
+                let _ = l
+                    .job
+                    .reply
+                    .send(Err(EngineError::Internal(format!("step failed: {e}"))));
+            }
+        }
+    }
+}
+
+type Rows = Vec<Vec<f32>>;
+
+/// Gathers the batch, runs one forward, and splits outputs and states per session.
+fn compute(model: &GruModel, live: &[Live]) -> Result<(Rows, Rows), EngineError> {
+    let c = model.config();
+    let (i, h, l_n, o) = (c.input_size, c.hidden_size, c.num_layers, c.output_dim());
+    let b = live.len();
+    let kmax = live.iter().map(|l| l.job.k).max().unwrap_or(1);
+    let mut xs = vec![0f32; b * kmax * i];
+    let mut state = vec![0f32; l_n * b * h];
+    for (r, l) in live.iter().enumerate() {
+        xs[r * kmax * i..r * kmax * i + l.job.inputs.len()].copy_from_slice(&l.job.inputs);
+        for layer in 0..l_n {
+            state[(layer * b + r) * h..(layer * b + r + 1) * h]
+                .copy_from_slice(&l.h[layer * h..(layer + 1) * h]);
+        }
+    }
+    let dev = model.device();
+    let dt = model.dtype();
+    let xs = Tensor::from_vec(xs, (b, kmax, i), dev)?.to_dtype(dt)?;
+    let st = Tensor::from_vec(state, (l_n, b, h), dev)?.to_dtype(dt)?;
+    let lengths: Vec<usize> = live.iter().map(|l| l.job.k).collect();
+    let (ys, hn) = model.forward(&xs, &lengths, Some(&st))?;
+    let ys = to_f32_vec(&ys)?;
+    let hn = to_f32_vec(&hn)?;
+    let outs = live
+        .iter()
+        .enumerate()
+        .map(|(r, l)| ys[r * kmax * o..r * kmax * o + l.job.k * o].to_vec())
+        .collect();
+    let states = (0..b)
+        .map(|r| {
+            let mut s = Vec::with_capacity(l_n * h);
+            for layer in 0..l_n {
+                s.extend_from_slice(&hn[(layer * b + r) * h..(layer * b + r + 1) * h]);
+            }
+            s
+        })
+        .collect();
+    Ok((outs, states))
+}
+
+fn to_f32_vec(t: &Tensor) -> Result<Vec<f32>, EngineError> {
+    Ok(t.to_dtype(DType::F32)
+        .and_then(|t| t.flatten_all())
+        .and_then(|t| t.to_vec1::<f32>())
+        .map_err(crate::model::ModelError::from)?)
+}

@@ -1,0 +1,397 @@
+//! The stateful runtime: model repository, sessions, batched compute workers.
+//! No gRPC types here; `src/service` maps these to and from the wire.
+
+pub mod batcher;
+pub mod registry;
+pub mod sessions;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::model::ModelError;
+
+pub use batcher::StepOutcome;
+pub use registry::{ModelMeta, Registry, ServedModel};
+pub use sessions::{ExportedState, OpenParams, Session, SessionStore};
+
+/// Errors of the engine. Each names what was wrong and the values involved;
+/// `service` maps each variant to one gRPC code.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("model '{0}' not found")]
+    ModelNotFound(String),
+    #[error("model '{name}' has no version {version} (serving versions {available:?})")]
+    VersionNotFound {
+        name: String,
+        version: u64,
+        available: Vec<u64>,
+    },
+    #[error("session '{0}' not found")]
+    SessionNotFound(String),
+    #[error("session '{id}' expired after {idle_secs} s idle (ttl {ttl_secs} s)")]
+    SessionExpired {
+        id: String,
+        idle_secs: u64,
+        ttl_secs: u64,
+    },
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("{0}")]
+    FailedPrecondition(String),
+    #[error("{0}")]
+    ResourceExhausted(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl EngineError {
+    /// A stable short name for logs and metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            EngineError::ModelNotFound(_) => "model_not_found",
+            EngineError::VersionNotFound { .. } => "version_not_found",
+            EngineError::SessionNotFound(_) => "session_not_found",
+            EngineError::SessionExpired { .. } => "session_expired",
+            EngineError::InvalidArgument(_) => "invalid_argument",
+            EngineError::FailedPrecondition(_) => "failed_precondition",
+            EngineError::ResourceExhausted(_) => "resource_exhausted",
+            EngineError::Unavailable(_) => "unavailable",
+            EngineError::Internal(_) => "internal",
+        }
+    }
+}
+
+impl From<ModelError> for EngineError {
+    fn from(e: ModelError) -> Self {
+        match e {
+            ModelError::Input(m) | ModelError::Shape(m) => EngineError::InvalidArgument(m),
+            other => EngineError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<candle_core::Error> for EngineError {
+    fn from(e: candle_core::Error) -> Self {
+        EngineError::Internal(format!("tensor: {e}"))
+    }
+}
+
+/// Settings of the engine; every field has a `GRU_*` flag in `config.rs`.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    pub model_dir: PathBuf,
+    /// Most live sessions; opening past it is RESOURCE_EXHAUSTED.
+    pub max_sessions: usize,
+    /// Idle time after which a session expires.
+    pub session_ttl: Duration,
+    /// Most session-steps one batched step may gather.
+    pub max_batch: usize,
+    /// Bounded queue of pending requests per model worker.
+    pub queue_capacity: usize,
+    /// Most steps (rows) one step message may carry.
+    pub max_steps_per_message: usize,
+    /// Most sequences in one Predict, and most total steps.
+    pub max_predict_sequences: usize,
+    pub max_predict_steps: usize,
+    /// Threads a large matmul may use (rayon pool); 1 keeps each worker on its own core.
+    pub compute_threads: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            model_dir: PathBuf::from("models"),
+            max_sessions: 100_000,
+            session_ttl: Duration::from_secs(600),
+            max_batch: 256,
+            queue_capacity: 4096,
+            max_steps_per_message: 4096,
+            max_predict_sequences: 4096,
+            max_predict_steps: 1 << 22,
+            compute_threads: 1,
+        }
+    }
+}
+
+/// The async handle the service holds: cheap to clone.
+#[derive(Clone)]
+pub struct Engine {
+    pub registry: Arc<Registry>,
+    pub sessions: Arc<SessionStore>,
+    pub config: Arc<EngineConfig>,
+}
+
+impl Engine {
+    /// Loads every model under `config.model_dir` (bad folders are skipped
+    /// with a log line) and starts one compute worker per model version.
+    pub fn load(config: EngineConfig) -> Result<Engine, EngineError> {
+        let registry = Arc::new(Registry::load(&config)?);
+        let sessions = Arc::new(SessionStore::new(config.max_sessions, config.session_ttl));
+        Ok(Engine {
+            registry,
+            sessions,
+            config: Arc::new(config),
+        })
+    }
+
+    /// Stops the workers (pending requests get UNAVAILABLE) and joins them.
+    pub fn shutdown(&self) {
+        self.registry.shutdown();
+    }
+}
+
+/// One sequence of a Predict request.
+pub struct PredictSeq {
+    /// [len × input] row-major.
+    pub inputs: Vec<f32>,
+    pub len: usize,
+    /// Optional initial h [layers × hidden].
+    pub initial: Option<Vec<f32>>,
+}
+
+pub struct PredictOut {
+    pub model: Arc<ServedModel>,
+    /// Per sequence: [len × output].
+    pub outputs: Vec<Vec<f32>>,
+    /// Per sequence: final h [layers × hidden].
+    pub states: Vec<Vec<f32>>,
+}
+
+fn check_finite(what: &str, v: &[f32]) -> Result<(), EngineError> {
+    match v.iter().position(|x| !x.is_finite()) {
+        Some(p) => Err(EngineError::InvalidArgument(format!(
+            "{what}[{p}] = {} is not finite",
+            v[p]
+        ))),
+        None => Ok(()),
+    }
+}
+
+impl Engine {
+    fn check_state(
+        &self,
+        what: &str,
+        m: &ServedModel,
+        layers: usize,
+        hidden: usize,
+        h: &[f32],
+    ) -> Result<(), EngineError> {
+        let c = m.model.config();
+        if layers != c.num_layers || hidden != c.hidden_size || h.len() != layers * hidden {
+            return Err(EngineError::InvalidArgument(format!(
+                "{what}: expected {} layers × {} hidden = {} values, got {layers} × {hidden} with {} values",
+                c.num_layers,
+                c.hidden_size,
+                c.num_layers * c.hidden_size,
+                h.len()
+            )));
+        }
+        check_finite(what, h)
+    }
+
+    /// Opens a session (see [`SessionStore::open`]), validating the initial state.
+    pub fn open_session(
+        &self,
+        model: &str,
+        version: Option<u64>,
+        key: Option<String>,
+        initial: Option<(usize, usize, Vec<f32>)>,
+        resume: Option<ExportedState>,
+    ) -> Result<(Arc<Session>, bool), EngineError> {
+        if let Some(k) = &key {
+            if k.len() > 256 {
+                return Err(EngineError::InvalidArgument(format!(
+                    "session_key is {} bytes; at most 256",
+                    k.len()
+                )));
+            }
+        }
+        let (served, initial, step_index) = match (resume, initial) {
+            (Some(_), Some(_)) => {
+                return Err(EngineError::InvalidArgument(
+                    "give either initial_state or resume, not both".into(),
+                ))
+            }
+            (Some(r), None) => {
+                if !model.is_empty() && model != r.model {
+                    return Err(EngineError::InvalidArgument(format!(
+                        "model '{model}' differs from the resumed state's model '{}'",
+                        r.model
+                    )));
+                }
+                let served = self.registry.get(&r.model, Some(r.version))?;
+                self.check_state("resume.hidden", &served, r.num_layers, r.hidden_size, &r.h)?;
+                (served, Some(r.h), r.step_index)
+            }
+            (None, init) => {
+                if model.is_empty() {
+                    return Err(EngineError::InvalidArgument("model is required".into()));
+                }
+                let served = self.registry.get(model, version)?;
+                let h = match init {
+                    Some((l, hs, h)) => {
+                        self.check_state("initial_state", &served, l, hs, &h)?;
+                        Some(h)
+                    }
+                    None => None,
+                };
+                (served, h, 0)
+            }
+        };
+        self.sessions.open(
+            served,
+            OpenParams {
+                key,
+                initial,
+                step_index,
+            },
+        )
+    }
+
+    /// Feeds `k` steps ([k × input] row-major) to a session.
+    pub async fn step(
+        &self,
+        session_id: &str,
+        inputs: Vec<f32>,
+        k: usize,
+        cols: usize,
+        start_step: Option<u64>,
+    ) -> Result<batcher::StepReply, EngineError> {
+        let session = self.sessions.get(session_id)?;
+        let i = session.model.model.config().input_size;
+        if k == 0 || k > self.config.max_steps_per_message {
+            return Err(EngineError::InvalidArgument(format!(
+                "inputs has {k} rows; a step message carries 1..={} rows",
+                self.config.max_steps_per_message
+            )));
+        }
+        if cols != i || inputs.len() != k * i {
+            return Err(EngineError::InvalidArgument(format!(
+                "inputs: model '{}' takes {i} features per step; got {k} rows × {cols} cols with {} values",
+                session.model.name,
+                inputs.len()
+            )));
+        }
+        check_finite("inputs", &inputs)?;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        session.model.worker.submit(batcher::StepJob {
+            session: session.clone(),
+            inputs,
+            k,
+            start_step,
+            reply: tx,
+            span: tracing::Span::current(),
+        })?;
+        rx.await
+            .map_err(|_| EngineError::Unavailable("the model worker stopped".into()))?
+    }
+
+    /// Stateless forward of variable-length sequences, off the async runtime.
+    pub async fn predict(
+        &self,
+        model: &str,
+        version: Option<u64>,
+        seqs: Vec<PredictSeq>,
+    ) -> Result<PredictOut, EngineError> {
+        let served = self.registry.get(model, version)?;
+        let c = served.model.config().clone();
+        if seqs.is_empty() || seqs.len() > self.config.max_predict_sequences {
+            return Err(EngineError::InvalidArgument(format!(
+                "sequences: {} given; 1..={} allowed",
+                seqs.len(),
+                self.config.max_predict_sequences
+            )));
+        }
+        let total: usize = seqs.iter().map(|s| s.len).sum();
+        if total > self.config.max_predict_steps {
+            return Err(EngineError::InvalidArgument(format!(
+                "{total} steps in total; at most {}",
+                self.config.max_predict_steps
+            )));
+        }
+        for (n, s) in seqs.iter().enumerate() {
+            if s.len == 0 || s.inputs.len() != s.len * c.input_size {
+                return Err(EngineError::InvalidArgument(format!(
+                    "sequences[{n}].inputs: expected rows ≥ 1 of {} features, got {} values for {} rows",
+                    c.input_size,
+                    s.inputs.len(),
+                    s.len
+                )));
+            }
+            check_finite(&format!("sequences[{n}].inputs"), &s.inputs)?;
+            if let Some(h) = &s.initial {
+                self.check_state(
+                    &format!("sequences[{n}].initial_state"),
+                    &served,
+                    c.num_layers,
+                    h.len() / c.num_layers.max(1),
+                    h,
+                )?;
+            }
+        }
+        let m = served.clone();
+        let (outputs, states) =
+            tokio::task::spawn_blocking(move || predict_blocking(&m.model, seqs))
+                .await
+                .map_err(|e| EngineError::Internal(format!("predict task: {e}")))??;
+        Ok(PredictOut {
+            model: served,
+            outputs,
+            states,
+        })
+    }
+}
+
+fn predict_blocking(
+    model: &crate::model::GruModel,
+    seqs: Vec<PredictSeq>,
+) -> Result<(Vec<Vec<f32>>, Vec<Vec<f32>>), EngineError> {
+    use candle_core::{DType, Tensor};
+    let c = model.config();
+    let (i, h, l_n, o) = (c.input_size, c.hidden_size, c.num_layers, c.output_dim());
+    let b = seqs.len();
+    let tmax = seqs.iter().map(|s| s.len).max().unwrap_or(1);
+    let mut xs = vec![0f32; b * tmax * i];
+    let mut st = vec![0f32; l_n * b * h];
+    for (r, s) in seqs.iter().enumerate() {
+        xs[r * tmax * i..r * tmax * i + s.inputs.len()].copy_from_slice(&s.inputs);
+        if let Some(init) = &s.initial {
+            for layer in 0..l_n {
+                st[(layer * b + r) * h..(layer * b + r + 1) * h]
+                    .copy_from_slice(&init[layer * h..(layer + 1) * h]);
+            }
+        }
+    }
+    let dev = model.device();
+    let xs = Tensor::from_vec(xs, (b, tmax, i), dev)
+        .and_then(|t| t.to_dtype(model.dtype()))
+        .map_err(crate::model::ModelError::from)?;
+    let st = Tensor::from_vec(st, (l_n, b, h), dev)
+        .and_then(|t| t.to_dtype(model.dtype()))
+        .map_err(crate::model::ModelError::from)?;
+    let lengths: Vec<usize> = seqs.iter().map(|s| s.len).collect();
+    let (ys, hn) = model.forward(&xs, &lengths, Some(&st))?;
+    let flat = |t: &Tensor| {
+        t.to_dtype(DType::F32)
+            .and_then(|t| t.flatten_all())
+            .and_then(|t| t.to_vec1::<f32>())
+            .map_err(crate::model::ModelError::from)
+    };
+    let (ys, hn) = (flat(&ys)?, flat(&hn)?);
+    let outputs = seqs
+        .iter()
+        .enumerate()
+        .map(|(r, s)| ys[r * tmax * o..r * tmax * o + s.len * o].to_vec())
+        .collect();
+    let states = (0..b)
+        .map(|r| {
+            (0..l_n)
+                .flat_map(|layer| hn[(layer * b + r) * h..(layer * b + r + 1) * h].to_vec())
+                .collect()
+        })
+        .collect();
+    Ok((outputs, states))
+}

@@ -1,0 +1,260 @@
+//! The model repository on disk, laid out like Triton's:
+//! `<model-dir>/<name>/<version>/` holding one of
+//!
+//! - a native model: `config.json` + `model.safetensors`;
+//! - a PyTorch state dict: `pytorch.safetensors` (an `nn.GRU` + optional `nn.Linear`);
+//! - an ONNX file: `model.onnx` (GRU node(s) + optional linear head);
+//!
+//! and optionally `serving.json`: `{"description": "...", "task": "regression",
+//! "gru_prefix": "gru.", "head_prefix": "head."}` (task and prefixes matter
+//! for imports; the description is shown by GetModel). Versions are positive
+//! integers. A folder that fails to load is skipped with a log line.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+
+use candle_core::Device;
+use serde::Deserialize;
+
+use super::batcher::Worker;
+use super::{EngineConfig, EngineError};
+use crate::model::weights::{self, PytorchNames};
+use crate::model::{GruModel, Task};
+
+/// Optional per-version serving metadata (`serving.json`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServingFile {
+    #[serde(default)]
+    pub description: String,
+    pub task: Option<Task>,
+    pub gru_prefix: Option<String>,
+    pub head_prefix: Option<String>,
+}
+
+/// What GetModel reports beyond the model config.
+#[derive(Debug, Clone)]
+pub struct ModelMeta {
+    pub description: String,
+    pub source_format: &'static str,
+}
+
+/// One loaded model version with its compute worker.
+pub struct ServedModel {
+    pub name: String,
+    pub version: u64,
+    pub model: Arc<GruModel>,
+    pub meta: ModelMeta,
+    pub worker: Worker,
+}
+
+/// All served models: name → version → model.
+pub struct Registry {
+    models: RwLock<BTreeMap<String, BTreeMap<u64, Arc<ServedModel>>>>,
+    config: EngineConfig,
+}
+
+fn bad_name(name: &str) -> bool {
+    name.is_empty()
+        || name.starts_with('.')
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+}
+
+/// Loads one version folder.
+pub fn load_version_dir(dir: &Path, device: &Device) -> Result<(GruModel, ModelMeta), String> {
+    let serving: ServingFile = match std::fs::read(dir.join("serving.json")) {
+        Ok(b) => serde_json::from_slice(&b).map_err(|e| format!("serving.json: {e}"))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => ServingFile::default(),
+        Err(e) => return Err(format!("serving.json: {e}")),
+    };
+    let task = serving.task.unwrap_or(Task::Regression);
+    let (model, format) = if dir.join(weights::CONFIG_FILE).exists() {
+        (weights::load_native(dir, device), "native")
+    } else if dir.join("pytorch.safetensors").exists() {
+        let names = PytorchNames {
+            gru_prefix: serving.gru_prefix.clone(),
+            head_prefix: serving.head_prefix.clone(),
+        };
+        (
+            weights::import_pytorch(&dir.join("pytorch.safetensors"), &names, task, device),
+            "pytorch",
+        )
+    } else if dir.join("model.onnx").exists() {
+        (
+            crate::onnx::import_onnx(&dir.join("model.onnx"), task, device),
+            "onnx",
+        )
+    } else {
+        return Err(
+            "no config.json + model.safetensors, pytorch.safetensors or model.onnx".to_string(),
+        );
+    };
+    let model = model.map_err(|e| e.to_string())?;
+    if let Some(t) = serving.task {
+        if t != model.config().task {
+            return Err(format!(
+                "serving.json says task {t:?} but the model's config says {:?}",
+                model.config().task
+            ));
+        }
+    }
+    Ok((
+        model,
+        ModelMeta {
+            description: serving.description,
+            source_format: format,
+        },
+    ))
+}
+
+impl Registry {
+    pub fn load(config: &EngineConfig) -> Result<Registry, EngineError> {
+        let reg = Registry {
+            models: RwLock::new(BTreeMap::new()),
+            config: config.clone(),
+        };
+        let dir = &config.model_dir;
+        let entries = std::fs::read_dir(dir)
+            .map_err(|e| EngineError::Unavailable(format!("model dir {}: {e}", dir.display())))?;
+        let mut names: Vec<_> = entries.flatten().map(|e| e.path()).collect();
+        names.sort();
+        for path in names.into_iter().filter(|p| p.is_dir()) {
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            if bad_name(&name) {
+                if !name.starts_with('.') {
+                    tracing::warn!(folder = %path.display(), "skipping model folder: names use [A-Za-z0-9._-]");
+                }
+                continue;
+            }
+            let Ok(versions) = std::fs::read_dir(&path) else {
+                tracing::warn!(folder = %path.display(), "skipping unreadable model folder");
+                continue;
+            };
+            for v in versions.flatten().map(|e| e.path()).filter(|p| p.is_dir()) {
+                let vname = v
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                if vname.starts_with('.') {
+                    continue;
+                }
+                let version = match vname.parse::<u64>() {
+                    Ok(n) if n > 0 => n,
+                    _ => {
+                        tracing::warn!(model = %name, folder = %v.display(), "skipping version folder: versions are positive integers");
+                        continue;
+                    }
+                };
+                match load_version_dir(&v, &Device::Cpu) {
+                    Ok((model, meta)) => {
+                        let c = model.config();
+                        tracing::info!(
+                            model = %name, version, format = meta.source_format,
+                            input = c.input_size, hidden = c.hidden_size, layers = c.num_layers,
+                            reset_mode = c.reset_mode.as_str(), "loaded model"
+                        );
+                        reg.insert(&name, version, model, meta)?;
+                    }
+                    Err(e) => {
+                        tracing::warn!(model = %name, version, folder = %v.display(), error = %e, "skipping model version that failed to load");
+                    }
+                }
+            }
+        }
+        Ok(reg)
+    }
+
+    /// Starts a worker for the model and serves it under (name, version).
+    pub fn insert(
+        &self,
+        name: &str,
+        version: u64,
+        model: GruModel,
+        meta: ModelMeta,
+    ) -> Result<Arc<ServedModel>, EngineError> {
+        let model = Arc::new(model);
+        let worker = Worker::start(
+            format!("{name}/{version}"),
+            model.clone(),
+            self.config.max_batch,
+            self.config.queue_capacity,
+        )?;
+        let served = Arc::new(ServedModel {
+            name: name.to_string(),
+            version,
+            model,
+            meta,
+            worker,
+        });
+        self.models
+            .write()
+            .map_err(|_| EngineError::Internal("registry lock poisoned".into()))?
+            .entry(name.to_string())
+            .or_default()
+            .insert(version, served.clone());
+        Ok(served)
+    }
+
+    /// The model `name` at `version`, or its latest version.
+    pub fn get(&self, name: &str, version: Option<u64>) -> Result<Arc<ServedModel>, EngineError> {
+        let models = self
+            .models
+            .read()
+            .map_err(|_| EngineError::Internal("registry lock poisoned".into()))?;
+        let versions = models
+            .get(name)
+            .ok_or_else(|| EngineError::ModelNotFound(name.to_string()))?;
+        let found = match version {
+            Some(v) => versions.get(&v),
+            None => versions.values().next_back(),
+        };
+        found.cloned().ok_or_else(|| EngineError::VersionNotFound {
+            name: name.to_string(),
+            version: version.unwrap_or(0),
+            available: versions.keys().copied().collect(),
+        })
+    }
+
+    /// Every served model's latest version, and the list of its versions.
+    pub fn list(&self) -> Vec<(Arc<ServedModel>, Vec<u64>)> {
+        let Ok(models) = self.models.read() else {
+            return Vec::new();
+        };
+        models
+            .values()
+            .filter_map(|vs| {
+                let latest = vs.values().next_back()?.clone();
+                Some((latest, vs.keys().copied().collect()))
+            })
+            .collect()
+    }
+
+    pub fn versions(&self, name: &str) -> Vec<u64> {
+        self.models
+            .read()
+            .ok()
+            .and_then(|m| m.get(name).map(|v| v.keys().copied().collect()))
+            .unwrap_or_default()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.models.read().map(|m| m.is_empty()).unwrap_or(true)
+    }
+
+    /// Stops every worker and joins its thread.
+    pub fn shutdown(&self) {
+        if let Ok(models) = self.models.read() {
+            for vs in models.values() {
+                for m in vs.values() {
+                    m.worker.stop();
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,164 @@
+//! `run(config, listener, shutdown)`: the whole server, testable on port 0.
+
+use std::future::Future;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic_health::ServingStatus;
+
+use crate::engine::{Engine, EngineConfig};
+use crate::service::pb::gru_service_server::GruServiceServer;
+use crate::service::{pb, GruServiceImpl};
+
+/// Settings of the server; built from the command line in `config.rs`.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub engine: EngineConfig,
+    /// Largest request or response message (Predict batches can be large).
+    pub max_message_bytes: usize,
+    /// Most concurrently open StepStream streams.
+    pub max_streams: usize,
+    /// How long shutdown waits for in-flight requests before giving up.
+    pub drain_timeout: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            engine: EngineConfig::default(),
+            max_message_bytes: 64 << 20,
+            max_streams: 4096,
+            drain_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("transport: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    #[error("reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("{0}")]
+    Engine(#[from] crate::engine::EngineError),
+}
+
+const GRU_SERVICE: &str = "gru.v1.GruService";
+
+/// Serves until `shutdown` resolves, then stops accepting, ends open streams,
+/// drains in-flight requests (at most `drain_timeout`), and stops the workers.
+pub async fn run(
+    config: ServerConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    // NOT_SERVING until the models are loaded.
+    health
+        .set_service_status("", ServingStatus::NotServing)
+        .await;
+    health
+        .set_service_status(GRU_SERVICE, ServingStatus::NotServing)
+        .await;
+    let cancel = CancellationToken::new();
+    let cell: Arc<OnceLock<Engine>> = Arc::new(OnceLock::new());
+
+    let engine_config = config.engine.clone();
+    let (load_cell, load_health, load_cancel) = (cell.clone(), health.clone(), cancel.clone());
+    let loader = tokio::spawn(async move {
+        let loaded = tokio::task::spawn_blocking(move || Engine::load(engine_config)).await;
+        let engine = match loaded {
+            Ok(Ok(e)) => e,
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "loading models failed; serving NOT_SERVING");
+                return;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "model loader panicked");
+                return;
+            }
+        };
+        let empty = engine.registry.is_empty();
+        let sessions = engine.sessions.clone();
+        let _ = load_cell.set(engine);
+        if empty {
+            tracing::warn!("no model loaded; health stays NOT_SERVING");
+            return;
+        }
+        load_health
+            .set_service_status("", ServingStatus::Serving)
+            .await;
+        load_health
+            .set_service_status(GRU_SERVICE, ServingStatus::Serving)
+            .await;
+        tracing::info!("models loaded; serving");
+        // Expire idle sessions in the background (lookups also check lazily).
+        let period =
+            (sessions.ttl() / 4).clamp(Duration::from_millis(100), Duration::from_secs(30));
+        let mut tick = tokio::time::interval(period);
+        loop {
+            tokio::select! {
+                _ = load_cancel.cancelled() => break,
+                _ = tick.tick() => {
+                    let n = sessions.sweep();
+                    if n > 0 {
+                        tracing::info!(expired = n, "expired idle sessions");
+                    }
+                }
+            }
+        }
+    });
+
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    // grpcurl 1.8 and Python's reflection client speak only v1alpha.
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+    let service = GruServiceImpl::new(cell.clone(), cancel.clone(), config.max_streams);
+    let gru = GruServiceServer::new(service)
+        .max_decoding_message_size(config.max_message_bytes)
+        .max_encoding_message_size(config.max_message_bytes);
+
+    let addr = listener.local_addr().ok();
+    tracing::info!(?addr, "listening");
+    let stop_cancel = cancel.clone();
+    let stop_health = health.clone();
+    let server = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(gru)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+            shutdown.await;
+            tracing::info!("shutting down: no new connections; ending open streams");
+            stop_health
+                .set_service_status("", ServingStatus::NotServing)
+                .await;
+            stop_health
+                .set_service_status(GRU_SERVICE, ServingStatus::NotServing)
+                .await;
+            stop_cancel.cancel();
+        });
+    let drain = config.drain_timeout;
+    let result = tokio::select! {
+        r = server => r.map_err(ServerError::from),
+        _ = async { cancel.cancelled().await; tokio::time::sleep(drain).await } => {
+            tracing::warn!(?drain, "drain timeout: closing with requests still in flight");
+            Ok(())
+        }
+    };
+    cancel.cancel();
+    let _ = loader.await;
+    if let Some(engine) = cell.get().cloned() {
+        let _ = tokio::task::spawn_blocking(move || engine.shutdown()).await;
+    }
+    tracing::info!("stopped");
+    result
+}

@@ -1,0 +1,416 @@
+//! The tonic service: proto ↔ engine, request validation, and the one
+//! mapping from engine errors to gRPC status codes.
+
+use std::sync::{Arc, OnceLock};
+
+use tokio::sync::{mpsc, Semaphore};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument;
+
+use crate::engine::{Engine, EngineError, ExportedState, PredictSeq, ServedModel};
+use crate::model::{ResetMode, Task};
+
+/// Generated from `proto/gru/v1/gru.proto` by build.rs; never edited.
+#[allow(clippy::all, clippy::pedantic, missing_docs)]
+pub mod pb {
+    tonic::include_proto!("gru.v1");
+    /// The encoded descriptor set, for server reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        include_bytes!(concat!(env!("OUT_DIR"), "/gru_descriptor.bin"));
+}
+
+use pb::gru_service_server::GruService;
+
+impl From<EngineError> for Status {
+    fn from(e: EngineError) -> Status {
+        let msg = e.to_string();
+        match e {
+            EngineError::ModelNotFound(_)
+            | EngineError::VersionNotFound { .. }
+            | EngineError::SessionNotFound(_)
+            | EngineError::SessionExpired { .. } => Status::not_found(msg),
+            EngineError::InvalidArgument(_) => Status::invalid_argument(msg),
+            EngineError::FailedPrecondition(_) => Status::failed_precondition(msg),
+            EngineError::ResourceExhausted(_) => Status::resource_exhausted(msg),
+            EngineError::Unavailable(_) => Status::unavailable(msg),
+            EngineError::Internal(_) => Status::internal(msg),
+        }
+    }
+}
+
+/// How many messages of one stream may be in flight at once (their replies
+/// still come back in order). Lets one stream carrying many sessions fill a
+/// batch, while bounding what one client can queue.
+pub const STREAM_MAX_IN_FLIGHT: usize = 256;
+
+pub struct GruServiceImpl {
+    engine: Arc<OnceLock<Engine>>,
+    shutdown: CancellationToken,
+    streams: Arc<Semaphore>,
+}
+
+impl GruServiceImpl {
+    pub fn new(
+        engine: Arc<OnceLock<Engine>>,
+        shutdown: CancellationToken,
+        max_streams: usize,
+    ) -> Self {
+        GruServiceImpl {
+            engine,
+            shutdown,
+            streams: Arc::new(Semaphore::new(max_streams)),
+        }
+    }
+
+    fn engine(&self) -> Result<&Engine, Status> {
+        self.engine
+            .get()
+            .ok_or_else(|| Status::unavailable("models are still loading; retry shortly"))
+    }
+}
+
+fn version_arg(v: u64) -> Option<u64> {
+    (v != 0).then_some(v)
+}
+
+fn matrix(what: &str, m: Option<pb::Matrix>) -> Result<(usize, usize, Vec<f32>), Status> {
+    let m = m.ok_or_else(|| Status::invalid_argument(format!("{what} is required")))?;
+    let (r, c) = (m.rows as usize, m.cols as usize);
+    if r.checked_mul(c) != Some(m.values.len()) {
+        return Err(Status::invalid_argument(format!(
+            "{what}: rows {r} × cols {c} ≠ {} values",
+            m.values.len()
+        )));
+    }
+    Ok((r, c, m.values))
+}
+
+fn out_matrix(rows: usize, cols: usize, values: Vec<f32>) -> pb::Matrix {
+    pb::Matrix {
+        rows: rows as u32,
+        cols: cols as u32,
+        values,
+    }
+}
+
+fn hidden(num_layers: usize, hidden_size: usize, values: Vec<f32>) -> pb::HiddenState {
+    pb::HiddenState {
+        num_layers: num_layers as u32,
+        hidden_size: hidden_size as u32,
+        values,
+    }
+}
+
+fn hidden_in(h: pb::HiddenState) -> (usize, usize, Vec<f32>) {
+    (h.num_layers as usize, h.hidden_size as usize, h.values)
+}
+
+pub fn model_info(m: &ServedModel, versions: Vec<u64>) -> pb::ModelInfo {
+    let c = m.model.config();
+    pb::ModelInfo {
+        name: m.name.clone(),
+        version: m.version,
+        versions,
+        input_size: c.input_size as u32,
+        hidden_size: c.hidden_size as u32,
+        num_layers: c.num_layers as u32,
+        output_size: c.output_dim() as u32,
+        has_head: c.output_size.is_some(),
+        reset_mode: match c.reset_mode {
+            ResetMode::BeforeMatmul => pb::ResetMode::BeforeMatmul,
+            ResetMode::AfterMatmul => pb::ResetMode::AfterMatmul,
+        } as i32,
+        task: match c.task {
+            Task::Regression => pb::Task::Regression,
+            Task::ClassifyPerStep => pb::Task::ClassifyPerStep,
+            Task::ClassifyLast => pb::Task::ClassifyLast,
+        } as i32,
+        dtype: match c.dtype {
+            crate::model::Precision::F32 => "f32",
+            crate::model::Precision::F64 => "f64",
+        }
+        .into(),
+        num_parameters: c.num_parameters() as u64,
+        description: m.meta.description.clone(),
+        source_format: m.meta.source_format.into(),
+    }
+}
+
+/// The shared logic of Step and StepStream.
+async fn step_inner(engine: Engine, req: pb::StepRequest) -> Result<pb::StepResponse, Status> {
+    let (k, cols, values) = matrix("inputs", req.inputs)?;
+    let start = (req.has_start_step || req.start_step > 0).then_some(req.start_step);
+    let span = tracing::debug_span!("step", session_id = %req.session_id, steps = k);
+    let reply = engine
+        .step(&req.session_id, values, k, cols, start)
+        .instrument(span)
+        .await?;
+    let o = &reply.outcome;
+    let out_cols = o.outputs.len() / k.max(1);
+    let state = if req.return_state {
+        let session = engine.sessions.get(&req.session_id).ok();
+        let (l, h) = session
+            .map(|s| {
+                let c = s.model.model.config();
+                (c.num_layers, c.hidden_size)
+            })
+            .unwrap_or((1, o.state.len()));
+        Some(hidden(l, h, o.state.clone()))
+    } else {
+        None
+    };
+    Ok(pb::StepResponse {
+        session_id: req.session_id,
+        request_id: req.request_id,
+        result: Some(pb::step_response::Result::Ok(pb::StepResult {
+            outputs: Some(out_matrix(k, out_cols, o.outputs.clone())),
+            start_step: o.start_step,
+            next_step: o.next_step,
+            state,
+            replayed: reply.replayed,
+        })),
+    })
+}
+
+fn session_key(req_key: String, metadata: &tonic::metadata::MetadataMap) -> Option<String> {
+    if !req_key.is_empty() {
+        return Some(req_key);
+    }
+    metadata
+        .get("x-session-key")
+        .and_then(|v| v.to_str().ok())
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+}
+
+#[tonic::async_trait]
+impl GruService for GruServiceImpl {
+    async fn list_models(
+        &self,
+        _req: Request<pb::ListModelsRequest>,
+    ) -> Result<Response<pb::ListModelsResponse>, Status> {
+        let engine = self.engine()?;
+        let models = engine
+            .registry
+            .list()
+            .into_iter()
+            .map(|(m, versions)| model_info(&m, versions))
+            .collect();
+        Ok(Response::new(pb::ListModelsResponse { models }))
+    }
+
+    async fn get_model(
+        &self,
+        req: Request<pb::GetModelRequest>,
+    ) -> Result<Response<pb::GetModelResponse>, Status> {
+        let engine = self.engine()?;
+        let req = req.into_inner();
+        let m = engine.registry.get(&req.model, version_arg(req.version))?;
+        let versions = engine.registry.versions(&m.name);
+        Ok(Response::new(pb::GetModelResponse {
+            model: Some(model_info(&m, versions)),
+        }))
+    }
+
+    async fn predict(
+        &self,
+        req: Request<pb::PredictRequest>,
+    ) -> Result<Response<pb::PredictResponse>, Status> {
+        let engine = self.engine()?;
+        let req = req.into_inner();
+        let span =
+            tracing::info_span!("predict", model = %req.model, sequences = req.sequences.len());
+        let mut seqs = Vec::with_capacity(req.sequences.len());
+        for (n, s) in req.sequences.into_iter().enumerate() {
+            let (rows, _cols, values) = matrix(&format!("sequences[{n}].inputs"), s.inputs)?;
+            let initial = s.initial_state.map(|h| hidden_in(h).2);
+            seqs.push(PredictSeq {
+                inputs: values,
+                len: rows,
+                initial,
+            });
+        }
+        let out = engine
+            .predict(&req.model, version_arg(req.version), seqs)
+            .instrument(span)
+            .await?;
+        let c = out.model.model.config();
+        let (o, l, h) = (c.output_dim(), c.num_layers, c.hidden_size);
+        let outputs = out
+            .outputs
+            .into_iter()
+            .zip(out.states)
+            .map(|(y, s)| pb::PredictOutput {
+                outputs: Some(out_matrix(y.len() / o, o, y)),
+                final_state: req.return_states.then(|| hidden(l, h, s)),
+            })
+            .collect();
+        Ok(Response::new(pb::PredictResponse {
+            model: out.model.name.clone(),
+            version: out.model.version,
+            outputs,
+        }))
+    }
+
+    async fn open_session(
+        &self,
+        req: Request<pb::OpenSessionRequest>,
+    ) -> Result<Response<pb::OpenSessionResponse>, Status> {
+        let engine = self.engine()?;
+        let key = {
+            let (meta, _, r) = req.into_parts();
+            let key = session_key(r.session_key.clone(), &meta);
+            (key, r)
+        };
+        let (key, r) = key;
+        let resume = r.resume.map(|s| {
+            let h = s.hidden.unwrap_or_default();
+            ExportedState {
+                model: s.model,
+                version: s.version,
+                step_index: s.step_index,
+                num_layers: h.num_layers as usize,
+                hidden_size: h.hidden_size as usize,
+                h: h.values,
+            }
+        });
+        let (session, created) = engine.open_session(
+            &r.model,
+            version_arg(r.version),
+            key,
+            r.initial_state.map(hidden_in),
+            resume,
+        )?;
+        let step_index = session.lock().step_index;
+        tracing::info!(session_id = %session.id, model = %session.model.name, version = session.model.version, created, "open session");
+        Ok(Response::new(pb::OpenSessionResponse {
+            session_id: session.id.clone(),
+            model: session.model.name.clone(),
+            version: session.model.version,
+            step_index,
+            created,
+            ttl_ms: engine.sessions.ttl().as_millis() as u64,
+        }))
+    }
+
+    async fn step(
+        &self,
+        req: Request<pb::StepRequest>,
+    ) -> Result<Response<pb::StepResponse>, Status> {
+        let engine = self.engine()?.clone();
+        Ok(Response::new(step_inner(engine, req.into_inner()).await?))
+    }
+
+    type StepStreamStream = ReceiverStream<Result<pb::StepResponse, Status>>;
+
+    async fn step_stream(
+        &self,
+        req: Request<Streaming<pb::StepRequest>>,
+    ) -> Result<Response<Self::StepStreamStream>, Status> {
+        let engine = self.engine()?.clone();
+        // The permit lives in the stream's task: tower's concurrency limits
+        // release theirs when this handler returns, which bounds nothing.
+        let permit = self
+            .streams
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| Status::resource_exhausted("too many open streams; retry later"))?;
+        let cancel = self.shutdown.clone();
+        let mut inbound = req.into_inner();
+        let (out_tx, out_rx) = mpsc::channel(STREAM_MAX_IN_FLIGHT);
+        // In-order replies: the reader spawns each step and queues its handle;
+        // the writer awaits the handles in order. The bounded queue caps the
+        // in-flight messages of this stream.
+        enum Item {
+            Reply(tokio::task::JoinHandle<pb::StepResponse>),
+            End(Status),
+        }
+        let (order_tx, mut order_rx) = mpsc::channel::<Item>(STREAM_MAX_IN_FLIGHT);
+        let reader_cancel = cancel.clone();
+        tokio::spawn(async move {
+            loop {
+                let msg = tokio::select! {
+                    _ = reader_cancel.cancelled() => {
+                        let _ = order_tx.send(Item::End(Status::unavailable("the server is shutting down"))).await;
+                        break;
+                    }
+                    m = inbound.message() => m,
+                };
+                match msg {
+                    Ok(Some(m)) => {
+                        let engine = engine.clone();
+                        let h = tokio::spawn(async move {
+                            let (id, rid) = (m.session_id.clone(), m.request_id);
+                            step_inner(engine, m)
+                                .await
+                                .unwrap_or_else(|s| pb::StepResponse {
+                                    session_id: id,
+                                    request_id: rid,
+                                    result: Some(pb::step_response::Result::Error(pb::StepError {
+                                        code: s.code() as i32,
+                                        message: s.message().to_string(),
+                                    })),
+                                })
+                        });
+                        if order_tx.send(Item::Reply(h)).await.is_err() {
+                            break;
+                        }
+                    }
+                    Ok(None) => break,
+                    // An oversize or corrupt message must not look like a clean end.
+                    Err(status) => {
+                        let _ = order_tx.send(Item::End(status)).await;
+                        break;
+                    }
+                }
+            }
+        });
+        tokio::spawn(async move {
+            let _permit = permit;
+            while let Some(item) = order_rx.recv().await {
+                let out = match item {
+                    Item::Reply(h) => match h.await {
+                        Ok(r) => Ok(r),
+                        Err(e) => Err(Status::internal(format!("step task failed: {e}"))),
+                    },
+                    Item::End(s) => Err(s),
+                };
+                let end = out.is_err();
+                if out_tx.send(out).await.is_err() || end {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(out_rx)))
+    }
+
+    async fn get_session_state(
+        &self,
+        req: Request<pb::GetSessionStateRequest>,
+    ) -> Result<Response<pb::GetSessionStateResponse>, Status> {
+        let engine = self.engine()?;
+        let s = engine.sessions.get(&req.into_inner().session_id)?;
+        let e = s.export();
+        Ok(Response::new(pb::GetSessionStateResponse {
+            state: Some(pb::SessionState {
+                model: e.model,
+                version: e.version,
+                step_index: e.step_index,
+                hidden: Some(hidden(e.num_layers, e.hidden_size, e.h)),
+            }),
+        }))
+    }
+
+    async fn close_session(
+        &self,
+        req: Request<pb::CloseSessionRequest>,
+    ) -> Result<Response<pb::CloseSessionResponse>, Status> {
+        let engine = self.engine()?;
+        let id = req.into_inner().session_id;
+        let step_index = engine.sessions.close(&id)?;
+        tracing::info!(session_id = %id, step_index, "close session");
+        Ok(Response::new(pb::CloseSessionResponse { step_index }))
+    }
+}
