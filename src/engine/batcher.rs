@@ -270,35 +270,46 @@ fn run_batch(model: &GruModel, batch: Vec<StepJob>, stats: &WorkerStats) {
     }
 }
 
-type Rows = Vec<Vec<f32>>;
+/// Per-row outputs [len × O] and final states [layers × hidden].
+pub type RowsOut = (Vec<Vec<f32>>, Vec<Vec<f32>>);
 
-/// Gathers the batch, runs one forward, and splits outputs and states per session.
-fn compute(model: &GruModel, live: &[Live]) -> Result<(Rows, Rows), EngineError> {
+/// One sequence to run: `len` rows of inputs and an optional initial h.
+pub struct RowIn<'a> {
+    pub inputs: &'a [f32],
+    pub len: usize,
+    pub h: Option<&'a [f32]>,
+}
+
+/// Gathers rows into one padded batch, runs one forward, splits the outputs
+/// and final states per row. Shared by the step worker and Predict.
+pub fn forward_rows(model: &GruModel, rows: &[RowIn<'_>]) -> Result<RowsOut, EngineError> {
     let c = model.config();
     let (i, h, l_n, o) = (c.input_size, c.hidden_size, c.num_layers, c.output_dim());
-    let b = live.len();
-    let kmax = live.iter().map(|l| l.job.k).max().unwrap_or(1);
+    let b = rows.len();
+    let kmax = rows.iter().map(|r| r.len).max().unwrap_or(1);
     let mut xs = vec![0f32; b * kmax * i];
     let mut state = vec![0f32; l_n * b * h];
-    for (r, l) in live.iter().enumerate() {
-        xs[r * kmax * i..r * kmax * i + l.job.inputs.len()].copy_from_slice(&l.job.inputs);
-        for layer in 0..l_n {
-            state[(layer * b + r) * h..(layer * b + r + 1) * h]
-                .copy_from_slice(&l.h[layer * h..(layer + 1) * h]);
+    for (r, row) in rows.iter().enumerate() {
+        xs[r * kmax * i..r * kmax * i + row.inputs.len()].copy_from_slice(row.inputs);
+        if let Some(init) = row.h {
+            for layer in 0..l_n {
+                state[(layer * b + r) * h..(layer * b + r + 1) * h]
+                    .copy_from_slice(&init[layer * h..(layer + 1) * h]);
+            }
         }
     }
     let dev = model.device();
     let dt = model.dtype();
     let xs = Tensor::from_vec(xs, (b, kmax, i), dev)?.to_dtype(dt)?;
     let st = Tensor::from_vec(state, (l_n, b, h), dev)?.to_dtype(dt)?;
-    let lengths: Vec<usize> = live.iter().map(|l| l.job.k).collect();
+    let lengths: Vec<usize> = rows.iter().map(|r| r.len).collect();
     let (ys, hn) = model.forward(&xs, &lengths, Some(&st))?;
     let ys = to_f32_vec(&ys)?;
     let hn = to_f32_vec(&hn)?;
-    let outs = live
+    let outs = rows
         .iter()
         .enumerate()
-        .map(|(r, l)| ys[r * kmax * o..r * kmax * o + l.job.k * o].to_vec())
+        .map(|(r, row)| ys[r * kmax * o..r * kmax * o + row.len * o].to_vec())
         .collect();
     let states = (0..b)
         .map(|r| {
@@ -310,6 +321,18 @@ fn compute(model: &GruModel, live: &[Live]) -> Result<(Rows, Rows), EngineError>
         })
         .collect();
     Ok((outs, states))
+}
+
+fn compute(model: &GruModel, live: &[Live]) -> Result<RowsOut, EngineError> {
+    let rows: Vec<RowIn<'_>> = live
+        .iter()
+        .map(|l| RowIn {
+            inputs: &l.job.inputs,
+            len: l.job.k,
+            h: Some(&l.h),
+        })
+        .collect();
+    forward_rows(model, &rows)
 }
 
 fn to_f32_vec(t: &Tensor) -> Result<Vec<f32>, EngineError> {

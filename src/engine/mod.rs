@@ -348,50 +348,14 @@ impl Engine {
 fn predict_blocking(
     model: &crate::model::GruModel,
     seqs: Vec<PredictSeq>,
-) -> Result<(Vec<Vec<f32>>, Vec<Vec<f32>>), EngineError> {
-    use candle_core::{DType, Tensor};
-    let c = model.config();
-    let (i, h, l_n, o) = (c.input_size, c.hidden_size, c.num_layers, c.output_dim());
-    let b = seqs.len();
-    let tmax = seqs.iter().map(|s| s.len).max().unwrap_or(1);
-    let mut xs = vec![0f32; b * tmax * i];
-    let mut st = vec![0f32; l_n * b * h];
-    for (r, s) in seqs.iter().enumerate() {
-        xs[r * tmax * i..r * tmax * i + s.inputs.len()].copy_from_slice(&s.inputs);
-        if let Some(init) = &s.initial {
-            for layer in 0..l_n {
-                st[(layer * b + r) * h..(layer * b + r + 1) * h]
-                    .copy_from_slice(&init[layer * h..(layer + 1) * h]);
-            }
-        }
-    }
-    let dev = model.device();
-    let xs = Tensor::from_vec(xs, (b, tmax, i), dev)
-        .and_then(|t| t.to_dtype(model.dtype()))
-        .map_err(crate::model::ModelError::from)?;
-    let st = Tensor::from_vec(st, (l_n, b, h), dev)
-        .and_then(|t| t.to_dtype(model.dtype()))
-        .map_err(crate::model::ModelError::from)?;
-    let lengths: Vec<usize> = seqs.iter().map(|s| s.len).collect();
-    let (ys, hn) = model.forward(&xs, &lengths, Some(&st))?;
-    let flat = |t: &Tensor| {
-        t.to_dtype(DType::F32)
-            .and_then(|t| t.flatten_all())
-            .and_then(|t| t.to_vec1::<f32>())
-            .map_err(crate::model::ModelError::from)
-    };
-    let (ys, hn) = (flat(&ys)?, flat(&hn)?);
-    let outputs = seqs
+) -> Result<batcher::RowsOut, EngineError> {
+    let rows: Vec<batcher::RowIn<'_>> = seqs
         .iter()
-        .enumerate()
-        .map(|(r, s)| ys[r * tmax * o..r * tmax * o + s.len * o].to_vec())
-        .collect();
-    let states = (0..b)
-        .map(|r| {
-            (0..l_n)
-                .flat_map(|layer| hn[(layer * b + r) * h..(layer * b + r + 1) * h].to_vec())
-                .collect()
+        .map(|s| batcher::RowIn {
+            inputs: &s.inputs,
+            len: s.len,
+            h: s.initial.as_deref(),
         })
         .collect();
-    Ok((outputs, states))
+    batcher::forward_rows(model, &rows)
 }
