@@ -100,7 +100,6 @@ impl Args {
                 max_steps_per_message: self.max_steps_per_message,
                 max_predict_sequences: self.max_predict_sequences,
                 max_predict_steps: self.max_predict_steps,
-                compute_threads: self.compute_threads,
             },
             max_message_bytes: self.max_message_bytes,
             max_streams: self.max_streams,

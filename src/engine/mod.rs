@@ -96,8 +96,6 @@ pub struct EngineConfig {
     /// Most sequences in one Predict, and most total steps.
     pub max_predict_sequences: usize,
     pub max_predict_steps: usize,
-    /// Threads a large matmul may use (rayon pool); 1 keeps each worker on its own core.
-    pub compute_threads: usize,
 }
 
 impl Default for EngineConfig {
@@ -111,7 +109,6 @@ impl Default for EngineConfig {
             max_steps_per_message: 4096,
             max_predict_sequences: 4096,
             max_predict_steps: 1 << 22,
-            compute_threads: 1,
         }
     }
 }
