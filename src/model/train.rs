@@ -458,6 +458,82 @@ fn bucketed_batches(
     batches
 }
 
+/// One model under training: trainable copies of its parameters, the
+/// optimizer, and a plain-tensor view for the forward pass. `step` is one
+/// training step (forward, loss, analytic backward, clipping, update).
+pub struct Trainer {
+    like: GruModel,
+    vars: Vec<Var>,
+    opt: Opt,
+    current: GruModel,
+    clip_norm: Option<f64>,
+    window: Option<usize>,
+}
+
+impl Trainer {
+    pub fn new(model: &GruModel, cfg: &TrainConfig) -> Result<Self, ModelError> {
+        cfg.validate()?;
+        let vars = to_vars(model)?;
+        let opt = match cfg.optimizer {
+            OptimizerKind::AdamW { beta1, beta2, eps } => Opt::AdamW(AdamW::new(
+                vars.clone(),
+                ParamsAdamW {
+                    lr: cfg.learning_rate,
+                    beta1,
+                    beta2,
+                    eps,
+                    weight_decay: cfg.weight_decay,
+                },
+            )?),
+            OptimizerKind::Sgd { momentum } => Opt::Sgd {
+                momentum,
+                weight_decay: cfg.weight_decay,
+                lr: cfg.learning_rate,
+                velocity: vec![None; vars.len()],
+            },
+        };
+        let current = from_vars(model, &vars, false)?;
+        Ok(Trainer {
+            like: model.clone(),
+            vars,
+            opt,
+            current,
+            clip_norm: cfg.clip_norm,
+            window: cfg.tbptt_window,
+        })
+    }
+
+    /// The model as of the last step (shares storage with the trainer: use
+    /// [`Trainer::snapshot`] to keep it).
+    pub fn model(&self) -> &GruModel {
+        &self.current
+    }
+
+    /// An independent copy of the current weights.
+    pub fn snapshot(&self) -> Result<GruModel, ModelError> {
+        from_vars(&self.like, &self.vars, true)
+    }
+
+    /// One step at learning rate `lr`; returns (loss, gradient norm before clipping).
+    /// Non-finite loss or gradients leave the weights untouched and are an error.
+    pub fn step(&mut self, batch: &Batch, lr: f64) -> Result<(f64, f64), ModelError> {
+        let (loss, mut grads) = self.current.loss_and_gradients(batch, None, self.window)?;
+        let norm = match self.clip_norm {
+            Some(c) => grads.clip_global_norm(c)?,
+            None => grads.global_norm()?,
+        };
+        if !loss.is_finite() || !norm.is_finite() {
+            return Err(ModelError::NonFinite(format!(
+                "loss {loss}, gradient norm {norm}; lower the learning rate or set clip_norm"
+            )));
+        }
+        self.opt.set_lr(lr);
+        self.opt.step(&self.vars, &grad_tensors(&grads))?;
+        self.current = from_vars(&self.like, &self.vars, false)?;
+        Ok((loss, norm))
+    }
+}
+
 /// Mean loss of `model` over `idx` (weighted by each batch's target weight).
 fn evaluate(
     model: &GruModel,
@@ -517,28 +593,9 @@ pub fn train(
     };
     let (train_idx, val_idx) = all.split_at(data.len() - n_val);
 
-    let vars = to_vars(model)?;
-    let mut opt = match cfg.optimizer {
-        OptimizerKind::AdamW { beta1, beta2, eps } => Opt::AdamW(AdamW::new(
-            vars.clone(),
-            ParamsAdamW {
-                lr: cfg.learning_rate,
-                beta1,
-                beta2,
-                eps,
-                weight_decay: cfg.weight_decay,
-            },
-        )?),
-        OptimizerKind::Sgd { momentum } => Opt::Sgd {
-            momentum,
-            weight_decay: cfg.weight_decay,
-            lr: cfg.learning_rate,
-            velocity: vec![None; vars.len()],
-        },
-    };
+    let mut trainer = Trainer::new(model, cfg)?;
     let batches_per_epoch = train_idx.len().div_ceil(cfg.batch_size);
     let total_steps = batches_per_epoch * cfg.epochs;
-    let mut current = from_vars(model, &vars, false)?;
     let mut best: Option<(f64, GruModel)> = None;
     let mut since_best = 0;
     let mut step = 0;
@@ -558,26 +615,19 @@ pub fn train(
                 &seqs,
                 mcfg.input_size,
                 mcfg.output_dim(),
-                current.dtype(),
-                current.device(),
+                model.dtype(),
+                model.device(),
             )?;
-            let (loss, mut grads) = current.loss_and_gradients(&batch, None, cfg.tbptt_window)?;
-            let norm = match cfg.clip_norm {
-                Some(c) => grads.clip_global_norm(c)?,
-                None => grads.global_norm()?,
-            };
-            if !loss.is_finite() || !norm.is_finite() {
-                return Err(ModelError::NonFinite(format!(
-                    "epoch {epoch}, batch {bi}: loss {loss}, gradient norm {norm}; lower the learning rate or set clip_norm"
-                )));
-            }
             let lr = cfg
                 .schedule
                 .rate(cfg.learning_rate, epoch, step, total_steps);
-            opt.set_lr(lr);
-            opt.step(&vars, &grad_tensors(&grads))?;
+            let (loss, norm) = trainer.step(&batch, lr).map_err(|e| match e {
+                ModelError::NonFinite(m) => {
+                    ModelError::NonFinite(format!("epoch {epoch}, batch {bi}: {m}"))
+                }
+                other => other,
+            })?;
             step += 1;
-            current = from_vars(model, &vars, false)?;
             let w = batch
                 .weights
                 .to_dtype(DType::F64)?
@@ -604,7 +654,7 @@ pub fn train(
         let val_loss = if val_idx.is_empty() {
             None
         } else {
-            Some(evaluate(&current, data, val_idx, cfg.batch_size)?)
+            Some(evaluate(trainer.model(), data, val_idx, cfg.batch_size)?)
         };
         progress(&Progress {
             epoch,
@@ -627,7 +677,7 @@ pub fn train(
                 )));
             }
             if best.as_ref().is_none_or(|(b, _)| v < *b) {
-                best = Some((v, from_vars(model, &vars, true)?));
+                best = Some((v, trainer.snapshot()?));
                 since_best = 0;
             } else {
                 since_best += 1;
@@ -641,7 +691,7 @@ pub fn train(
     let (best_val_loss, model) = match best {
         // Early stopping keeps the weights of the best validation epoch.
         Some((v, m)) => (Some(v), m),
-        None => (None, from_vars(model, &vars, true)?),
+        None => (None, trainer.snapshot()?),
     };
     Ok(TrainOutcome {
         model,

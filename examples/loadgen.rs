@@ -1,0 +1,959 @@
+//! Load generator for gru-serve's streaming step path (StepStream).
+//!
+//! Opens N sessions over M bidirectional StepStream streams (sessions are dealt
+//! round-robin over the streams; every message names its session, so one stream
+//! carries many sessions), spread over C HTTP/2 connections, and runs a closed
+//! loop for a fixed time: each session has exactly one message (k rows) in
+//! flight; its reply triggers its next message. It prints steps/s, messages/s,
+//! the client-measured round trip per message (p50/p95/p99), the batch sizes
+//! the server's compute worker formed (when it can see them), and the CPU time
+//! each group of threads used during the measured window.
+//!
+//! Modes:
+//!
+//! - default: in-process. Writes a random native model (I × H, L layers, no
+//!   head unless `--head`) into a temporary model repository, starts the real
+//!   server (`gru_serve::server::run`) on 127.0.0.1:0 in its own tokio runtime
+//!   (`--server-threads`, default 1; the compute worker is a separate thread),
+//!   drives it, and shuts it down.
+//! - `--echo`: the same client against an in-process echo gRPC server (the
+//!   generated `GruService` trait; replies carry a k × H matrix of zeros, so
+//!   message sizes match; no model, no sessions, no batching): the transport
+//!   floor, measured with the same client in the same build.
+//! - `--target http://host:port`: an external server (e.g. the Python baseline
+//!   in scripts/baseline/). Its worker batch sizes are not visible from here.
+//!
+//! ```text
+//! cargo build --release --example loadgen
+//! target/release/examples/loadgen --sessions 256 --k 1
+//! target/release/examples/loadgen --sessions 256 --k 1 --echo
+//! target/release/examples/loadgen --sessions 256 --k 32 --target http://127.0.0.1:50052 --model bench
+//! ```
+//!
+//! Everything ends by itself after `--warmup-secs + --duration-secs` (plus the
+//! time to open sessions and to drain the last in-flight replies).
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use gru_serve::engine::batcher::{WorkerStats, BATCH_BUCKETS};
+use gru_serve::service::pb;
+use gru_serve::service::pb::gru_service_client::GruServiceClient;
+use gru_serve::service::pb::gru_service_server::{GruService, GruServiceServer};
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Response, Status, Streaming};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Closed-loop StepStream load generator for gru-serve (in-process server, echo server, or --target).
+#[derive(Debug, Clone, Parser, Serialize)]
+#[command(name = "loadgen")]
+struct Args {
+    /// Concurrent sessions (each has one message in flight at a time).
+    #[arg(long, default_value_t = 16)]
+    sessions: usize,
+    /// StepStream streams the sessions are spread over (default: min(sessions, 16)).
+    #[arg(long)]
+    streams: Option<usize>,
+    /// HTTP/2 connections the streams are spread over (default: min(streams, 16)).
+    #[arg(long)]
+    connections: Option<usize>,
+    /// Rows (steps) per message.
+    #[arg(long, default_value_t = 1)]
+    k: usize,
+    /// Measured seconds.
+    #[arg(long, default_value_t = 5.0)]
+    duration_secs: f64,
+    /// Unmeasured seconds before the measurement.
+    #[arg(long, default_value_t = 1.0)]
+    warmup_secs: f64,
+    /// In-process model: input features per step.
+    #[arg(long, default_value_t = 64)]
+    input_size: usize,
+    /// In-process model: hidden size (also the echo reply width).
+    #[arg(long, default_value_t = 256)]
+    hidden_size: usize,
+    /// In-process model: stacked layers.
+    #[arg(long, default_value_t = 1)]
+    layers: usize,
+    /// In-process model: add a linear head of this width (default: none; outputs are h).
+    #[arg(long)]
+    head: Option<usize>,
+    /// Measure the transport floor: an in-process echo server, no model.
+    #[arg(long, conflicts_with = "target")]
+    echo: bool,
+    /// Drive an external server instead (http://host:port).
+    #[arg(long)]
+    target: Option<String>,
+    /// Model name to open sessions on (the in-process server serves "bench").
+    #[arg(long, default_value = "bench")]
+    model: String,
+    /// In-process server: tokio runtime threads (network I/O; compute runs on its own thread).
+    #[arg(long, default_value_t = 1)]
+    server_threads: usize,
+    /// Client: tokio runtime threads.
+    #[arg(long, default_value_t = 1)]
+    client_threads: usize,
+    /// In-process server: most sessions one batched step gathers.
+    #[arg(long, default_value_t = 256)]
+    max_batch: usize,
+    /// In-process server: threads a large matmul may use (RAYON_NUM_THREADS).
+    #[arg(long, default_value_t = 1)]
+    compute_threads: usize,
+    /// Seed of the random model and inputs.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Also write the results as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+// ---------------------------------------------------------------- results
+
+#[derive(Debug, Serialize)]
+struct Latency {
+    count: u64,
+    p50_us: f64,
+    p95_us: f64,
+    p99_us: f64,
+    max_us: f64,
+    mean_us: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct BatchStats {
+    batches: u64,
+    session_steps: u64,
+    mean_batch: f64,
+    /// (lower bound of the power-of-two bucket, batches) for non-empty buckets.
+    histogram: Vec<(u64, u64)>,
+}
+
+#[derive(Debug, Serialize)]
+struct ThreadCpu {
+    group: String,
+    threads: usize,
+    /// CPU seconds used during the measured window, divided by its length.
+    cores: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct Results {
+    mode: String,
+    args: Args,
+    streams: usize,
+    connections: usize,
+    input_size: usize,
+    output_cols: usize,
+    measured_secs: f64,
+    messages: u64,
+    errors: u64,
+    messages_per_sec: f64,
+    steps_per_sec: f64,
+    latency: Latency,
+    /// None when the worker is not visible (external server, echo, or `server::run` without a handle).
+    server_batches: Option<BatchStats>,
+    server_batches_note: String,
+    thread_cpu: Vec<ThreadCpu>,
+    load_average: String,
+    first_error: Option<String>,
+}
+
+// ---------------------------------------------------------------- main
+
+fn main() -> Result<(), BoxError> {
+    let args = Args::parse();
+    if args.sessions == 0 || args.k == 0 {
+        return Err("--sessions and --k must be ≥ 1".into());
+    }
+    let streams = args
+        .streams
+        .unwrap_or(args.sessions.min(16))
+        .clamp(1, args.sessions);
+    let connections = args
+        .connections
+        .unwrap_or(streams.min(16))
+        .clamp(1, streams);
+    gru_serve::init_compute_threads(args.compute_threads);
+
+    // The server under test lives in its own runtime on its own threads.
+    let (server, mode) = if let Some(t) = &args.target {
+        (None, format!("external {t}"))
+    } else if args.echo {
+        (Some(InProcess::start_echo(&args)?), "echo".to_string())
+    } else {
+        (
+            Some(InProcess::start_gru(&args)?),
+            "gru-serve in-process".to_string(),
+        )
+    };
+    let url = match (&args.target, &server) {
+        (Some(t), _) => t.clone(),
+        (None, Some(s)) => format!("http://{}", s.addr),
+        _ => unreachable!(),
+    };
+    let stats = server.as_ref().and_then(|s| s.stats.clone());
+
+    let client_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(args.client_threads.max(1))
+        .thread_name("lg-client")
+        .enable_all()
+        .build()?;
+    let outcome = client_rt.block_on(drive(&args, &url, streams, connections, stats, &mode));
+    drop(client_rt);
+    if let Some(s) = server {
+        s.stop()?;
+    }
+    let results = outcome?;
+    print_results(&results);
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_vec_pretty(&results)?)?;
+        println!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------- in-process servers
+
+/// Where the compute worker's batch statistics come from, when they can be seen.
+type StatsSource = Option<Arc<dyn Fn() -> Option<Arc<WorkerStats>> + Send + Sync>>;
+
+struct InProcess {
+    addr: SocketAddr,
+    shutdown: Option<oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<Result<(), String>>>,
+    stats: StatsSource,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl InProcess {
+    fn runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads.max(1))
+            .thread_name("lg-server")
+            .enable_all()
+            .build()
+    }
+
+    /// Runs `serve(listener, shutdown)` on a fresh runtime in a new thread.
+    fn spawn<F, Fut>(
+        threads: usize,
+        serve: F,
+    ) -> Result<
+        (
+            SocketAddr,
+            oneshot::Sender<()>,
+            std::thread::JoinHandle<Result<(), String>>,
+        ),
+        BoxError,
+    >
+    where
+        F: FnOnce(tokio::net::TcpListener, oneshot::Receiver<()>) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Result<(), String>>,
+    {
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("lg-server-main".into())
+            .spawn(move || -> Result<(), String> {
+                let rt = Self::runtime(threads).map_err(|e| e.to_string())?;
+                rt.block_on(async move {
+                    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    let _ = addr_tx.send(listener.local_addr().map_err(|e| e.to_string()));
+                    serve(listener, stop_rx).await
+                })
+            })?;
+        let addr = addr_rx
+            .recv()
+            .map_err(|_| "the server thread ended before binding")??;
+        Ok((addr, stop_tx, thread))
+    }
+
+    fn start_gru(args: &Args) -> Result<InProcess, BoxError> {
+        use gru_serve::model::{weights, GruModel, ModelConfig};
+        let dir = tempfile::tempdir()?;
+        let mut cfg = ModelConfig::new(args.input_size, args.hidden_size, args.layers);
+        if let Some(o) = args.head {
+            cfg = cfg.with_head(o);
+        }
+        let model = GruModel::init(cfg, args.seed, &candle_core::Device::Cpu)?;
+        weights::save_native(&model, &dir.path().join(&args.model).join("1"))?;
+
+        let mut config = gru_serve::server::ServerConfig::default();
+        config.engine.model_dir = dir.path().to_path_buf();
+        config.engine.max_batch = args.max_batch;
+        config.engine.max_sessions = args.sessions.max(1) * 2 + 16;
+        config.drain_timeout = Duration::from_secs(2);
+        // `server::run` does not expose its Engine, so the worker's batch
+        // histogram cannot be read here (see the note printed with the results).
+        let (addr, stop, thread) =
+            Self::spawn(args.server_threads, move |listener, stop| async move {
+                gru_serve::server::run(config, listener, async move {
+                    let _ = stop.await;
+                })
+                .await
+                .map_err(|e| e.to_string())
+            })?;
+        Ok(InProcess {
+            addr,
+            shutdown: Some(stop),
+            thread: Some(thread),
+            stats: None,
+            _dir: Some(dir),
+        })
+    }
+
+    fn start_echo(args: &Args) -> Result<InProcess, BoxError> {
+        let echo = Echo {
+            hidden: args.hidden_size,
+            next_id: Arc::new(AtomicU64::new(1)),
+        };
+        let (addr, stop, thread) =
+            Self::spawn(args.server_threads, move |listener, stop| async move {
+                let incoming =
+                    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+                tonic::transport::Server::builder()
+                    .add_service(
+                        GruServiceServer::new(echo)
+                            .max_decoding_message_size(64 << 20)
+                            .max_encoding_message_size(64 << 20),
+                    )
+                    .serve_with_incoming_shutdown(incoming, async move {
+                        let _ = stop.await;
+                    })
+                    .await
+                    .map_err(|e| e.to_string())
+            })?;
+        Ok(InProcess {
+            addr,
+            shutdown: Some(stop),
+            thread: Some(thread),
+            stats: None,
+            _dir: None,
+        })
+    }
+
+    fn stop(mut self) -> Result<(), BoxError> {
+        if let Some(s) = self.shutdown.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            t.join().map_err(|_| "the server thread panicked")??;
+        }
+        Ok(())
+    }
+}
+
+/// The transport floor: the same service trait, replies of the right shape, no math.
+#[derive(Clone)]
+struct Echo {
+    hidden: usize,
+    next_id: Arc<AtomicU64>,
+}
+
+fn echo_reply(hidden: usize, req: pb::StepRequest) -> pb::StepResponse {
+    let k = req.inputs.as_ref().map_or(1, |m| m.rows.max(1)) as usize;
+    pb::StepResponse {
+        session_id: req.session_id,
+        request_id: req.request_id,
+        result: Some(pb::step_response::Result::Ok(pb::StepResult {
+            outputs: Some(pb::Matrix {
+                rows: k as u32,
+                cols: hidden as u32,
+                values: vec![0.0; k * hidden],
+            }),
+            start_step: req.start_step,
+            next_step: req.start_step + k as u64,
+            state: None,
+            replayed: false,
+        })),
+    }
+}
+
+#[tonic::async_trait]
+impl GruService for Echo {
+    async fn list_models(
+        &self,
+        _: Request<pb::ListModelsRequest>,
+    ) -> Result<Response<pb::ListModelsResponse>, Status> {
+        Err(Status::unimplemented("echo server"))
+    }
+    async fn get_model(
+        &self,
+        _: Request<pb::GetModelRequest>,
+    ) -> Result<Response<pb::GetModelResponse>, Status> {
+        Err(Status::unimplemented("echo server"))
+    }
+    async fn predict(
+        &self,
+        _: Request<pb::PredictRequest>,
+    ) -> Result<Response<pb::PredictResponse>, Status> {
+        Err(Status::unimplemented("echo server"))
+    }
+    async fn open_session(
+        &self,
+        req: Request<pb::OpenSessionRequest>,
+    ) -> Result<Response<pb::OpenSessionResponse>, Status> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        Ok(Response::new(pb::OpenSessionResponse {
+            session_id: format!("echo-{id:016x}"),
+            model: req.into_inner().model,
+            version: 1,
+            step_index: 0,
+            created: true,
+            ttl_ms: 600_000,
+        }))
+    }
+    async fn step(
+        &self,
+        req: Request<pb::StepRequest>,
+    ) -> Result<Response<pb::StepResponse>, Status> {
+        Ok(Response::new(echo_reply(self.hidden, req.into_inner())))
+    }
+
+    type StepStreamStream = ReceiverStream<Result<pb::StepResponse, Status>>;
+
+    async fn step_stream(
+        &self,
+        req: Request<Streaming<pb::StepRequest>>,
+    ) -> Result<Response<Self::StepStreamStream>, Status> {
+        let mut inbound = req.into_inner();
+        let (tx, rx) = mpsc::channel(256);
+        let hidden = self.hidden;
+        tokio::spawn(async move {
+            loop {
+                let out = match inbound.message().await {
+                    Ok(Some(m)) => Ok(echo_reply(hidden, m)),
+                    Ok(None) => break,
+                    Err(s) => Err(s),
+                };
+                let end = out.is_err();
+                if tx.send(out).await.is_err() || end {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+    async fn get_session_state(
+        &self,
+        _: Request<pb::GetSessionStateRequest>,
+    ) -> Result<Response<pb::GetSessionStateResponse>, Status> {
+        Err(Status::unimplemented("echo server"))
+    }
+    async fn close_session(
+        &self,
+        _: Request<pb::CloseSessionRequest>,
+    ) -> Result<Response<pb::CloseSessionResponse>, Status> {
+        Ok(Response::new(pb::CloseSessionResponse { step_index: 0 }))
+    }
+}
+
+// ---------------------------------------------------------------- client
+
+type Client = GruServiceClient<Channel>;
+
+/// The measured window, shared by every stream.
+#[derive(Clone, Copy)]
+struct Window {
+    start: Instant,
+    end: Instant,
+}
+
+#[derive(Default)]
+struct StreamOutcome {
+    latencies_us: Vec<u32>,
+    ok: u64,
+    errors: u64,
+    first_error: Option<String>,
+}
+
+async fn connect(url: &str) -> Result<Channel, BoxError> {
+    let ep = Endpoint::from_shared(url.to_string())?
+        .tcp_nodelay(true)
+        .connect_timeout(Duration::from_secs(5));
+    // The in-process server starts listening before its models are loaded: retry briefly.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match ep.connect().await {
+            Ok(c) => return Ok(c),
+            Err(e) if Instant::now() < deadline => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => return Err(format!("connect {url}: {e}").into()),
+        }
+    }
+}
+
+fn client(ch: Channel) -> Client {
+    GruServiceClient::new(ch)
+        .max_decoding_message_size(64 << 20)
+        .max_encoding_message_size(64 << 20)
+}
+
+/// The input width: from GetModel when the server answers it, else `--input-size`.
+async fn input_size(c: &mut Client, args: &Args) -> Result<usize, BoxError> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match c
+            .get_model(pb::GetModelRequest {
+                model: args.model.clone(),
+                version: 0,
+            })
+            .await
+        {
+            Ok(r) => {
+                let m = r.into_inner().model.ok_or("GetModel: no model in reply")?;
+                if m.input_size as usize != args.input_size {
+                    eprintln!(
+                        "note: the server's model '{}' takes {} inputs; using that, not --input-size {}",
+                        m.name, m.input_size, args.input_size
+                    );
+                }
+                return Ok(m.input_size as usize);
+            }
+            // Models still loading.
+            Err(s) if s.code() == tonic::Code::Unavailable && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(s) if s.code() == tonic::Code::Unimplemented => return Ok(args.input_size),
+            Err(s) => return Err(format!("GetModel '{}': {s}", args.model).into()),
+        }
+    }
+}
+
+async fn drive(
+    args: &Args,
+    url: &str,
+    streams: usize,
+    connections: usize,
+    stats: StatsSource,
+    mode: &str,
+) -> Result<Results, BoxError> {
+    let mut chans = Vec::with_capacity(connections);
+    for _ in 0..connections {
+        chans.push(connect(url).await?);
+    }
+    let mut c0 = client(chans[0].clone());
+    let input_size = input_size(&mut c0, args).await?;
+
+    // Open the sessions, concurrently over the connections.
+    let mut opens = tokio::task::JoinSet::new();
+    for s in 0..args.sessions {
+        let mut c = client(chans[s % connections].clone());
+        let model = args.model.clone();
+        opens.spawn(async move {
+            let r = c
+                .open_session(pb::OpenSessionRequest {
+                    model,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| format!("OpenSession: {e}"))?;
+            Ok::<_, String>((s, r.into_inner().session_id))
+        });
+    }
+    let mut ids = vec![String::new(); args.sessions];
+    while let Some(r) = opens.join_next().await {
+        let (s, id) = r??;
+        ids[s] = id;
+    }
+
+    // Deal the sessions over the streams.
+    let mut per_stream: Vec<Vec<String>> = vec![Vec::new(); streams];
+    for (s, id) in ids.iter().enumerate() {
+        per_stream[s % streams].push(id.clone());
+    }
+    let mut rng = rand::rngs::StdRng::seed_from_u64(args.seed ^ 0x5eed);
+    let inputs: Arc<Vec<f32>> = Arc::new(
+        (0..args.k * input_size)
+            .map(|_| rng.random_range(-1.0f32..1.0))
+            .collect(),
+    );
+    let start = Instant::now() + Duration::from_millis(50);
+    let window = Window {
+        start: start + Duration::from_secs_f64(args.warmup_secs),
+        end: start + Duration::from_secs_f64(args.warmup_secs + args.duration_secs),
+    };
+    let out_cols = Arc::new(AtomicU64::new(0));
+    let mut tasks = tokio::task::JoinSet::new();
+    for (j, sess) in per_stream.into_iter().enumerate() {
+        let c = client(chans[j % connections].clone());
+        let (inputs, out_cols) = (inputs.clone(), out_cols.clone());
+        let (k, cols) = (args.k, input_size);
+        tasks.spawn(async move {
+            tokio::time::sleep_until(start.into()).await;
+            run_stream(c, sess, k, cols, inputs, window, out_cols).await
+        });
+    }
+
+    // Snapshot the server's batch stats and the threads' CPU time at the window's edges.
+    let snap = {
+        let stats = stats.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep_until(window.start.into()).await;
+            let w0 = stats.as_ref().and_then(|f| f()).map(|s| hist_snapshot(&s));
+            let c0 = thread_cpu_snapshot();
+            let t0 = Instant::now();
+            tokio::time::sleep_until(window.end.into()).await;
+            let w1 = stats.as_ref().and_then(|f| f()).map(|s| hist_snapshot(&s));
+            let c1 = thread_cpu_snapshot();
+            let secs = t0.elapsed().as_secs_f64();
+            (w0.zip(w1), c0, c1, secs)
+        })
+    };
+
+    let mut all = StreamOutcome::default();
+    while let Some(r) = tasks.join_next().await {
+        let o = r?;
+        all.latencies_us.extend(o.latencies_us);
+        all.ok += o.ok;
+        all.errors += o.errors;
+        if all.first_error.is_none() {
+            all.first_error = o.first_error;
+        }
+    }
+    let (hists, cpu0, cpu1, cpu_secs) = snap.await?;
+    if args.target.is_some() {
+        // Be tidy on an external server: close what we opened (errors ignored).
+        let mut closes = tokio::task::JoinSet::new();
+        for (s, id) in ids.into_iter().enumerate() {
+            let mut c = client(chans[s % connections].clone());
+            closes.spawn(async move {
+                let _ = c
+                    .close_session(pb::CloseSessionRequest { session_id: id })
+                    .await;
+            });
+        }
+        while closes.join_next().await.is_some() {}
+    }
+    drop(chans);
+
+    let measured = args.duration_secs;
+    let server_batches = hists.map(|(a, b)| batch_diff(&a, &b));
+    let note = if server_batches.is_some() {
+        "from the compute worker's WorkerStats, measured window only".to_string()
+    } else if args.target.is_some() {
+        "n/a: external server (its worker statistics are not visible to the client)".to_string()
+    } else if args.echo {
+        "n/a: echo server (no model, no batching)".to_string()
+    } else {
+        "n/a: gru_serve::server::run does not expose its Engine (WorkerStats); needs a small src change".to_string()
+    };
+    let lat = latency(&mut all.latencies_us);
+    Ok(Results {
+        mode: mode.to_string(),
+        args: args.clone(),
+        streams,
+        connections,
+        input_size,
+        output_cols: out_cols.load(Ordering::Relaxed) as usize,
+        measured_secs: measured,
+        messages: all.ok,
+        errors: all.errors,
+        messages_per_sec: all.ok as f64 / measured,
+        steps_per_sec: (all.ok * args.k as u64) as f64 / measured,
+        latency: lat,
+        server_batches,
+        server_batches_note: note,
+        thread_cpu: cpu_diff(&cpu0, &cpu1, cpu_secs),
+        load_average: std::fs::read_to_string("/proc/loadavg")
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default(),
+        first_error: all.first_error,
+    })
+}
+
+/// One stream: its sessions in a closed loop. Replies come in request order,
+/// so a FIFO of (session, send time) pairs them with their requests.
+async fn run_stream(
+    mut c: Client,
+    sessions: Vec<String>,
+    k: usize,
+    cols: usize,
+    inputs: Arc<Vec<f32>>,
+    w: Window,
+    out_cols: Arc<AtomicU64>,
+) -> StreamOutcome {
+    let mut o = StreamOutcome::default();
+    if sessions.is_empty() {
+        return o;
+    }
+    let (tx, rx) = mpsc::channel::<pb::StepRequest>(sessions.len() + 1);
+    let mut next_rid: u64 = 0;
+    let msg = |s: usize, rid: u64| pb::StepRequest {
+        session_id: sessions[s].clone(),
+        inputs: Some(pb::Matrix {
+            rows: k as u32,
+            cols: cols as u32,
+            values: inputs.as_ref().clone(),
+        }),
+        request_id: rid,
+        ..Default::default()
+    };
+    let mut inflight: VecDeque<(usize, u64, Instant)> = VecDeque::with_capacity(sessions.len());
+    for s in 0..sessions.len() {
+        let _ = tx.try_send(msg(s, next_rid));
+        inflight.push_back((s, next_rid, Instant::now()));
+        next_rid += 1;
+    }
+    let mut replies = match c.step_stream(ReceiverStream::new(rx)).await {
+        Ok(r) => r.into_inner(),
+        Err(e) => {
+            o.errors += 1;
+            o.first_error = Some(format!("StepStream: {e}"));
+            return o;
+        }
+    };
+    let mut tx = Some(tx);
+    loop {
+        let m = match tokio::time::timeout(Duration::from_secs(30), replies.message()).await {
+            Ok(Ok(Some(m))) => m,
+            Ok(Ok(None)) => break,
+            Ok(Err(e)) => {
+                o.errors += 1;
+                o.first_error
+                    .get_or_insert_with(|| format!("stream ended: {e}"));
+                break;
+            }
+            Err(_) => {
+                o.first_error
+                    .get_or_insert_with(|| "no reply for 30 s".into());
+                break;
+            }
+        };
+        let now = Instant::now();
+        let Some((s, rid, sent)) = inflight.pop_front() else {
+            o.first_error
+                .get_or_insert_with(|| "a reply with nothing in flight".into());
+            break;
+        };
+        if m.request_id != rid {
+            o.first_error.get_or_insert_with(|| {
+                format!(
+                    "replies out of order: got request_id {} expecting {rid}",
+                    m.request_id
+                )
+            });
+        }
+        let in_window = sent >= w.start && now <= w.end;
+        match m.result {
+            Some(pb::step_response::Result::Ok(r)) => {
+                if in_window {
+                    o.ok += 1;
+                    o.latencies_us
+                        .push((now - sent).as_micros().min(u32::MAX as u128) as u32);
+                }
+                if let Some(mx) = r.outputs {
+                    out_cols.store(mx.cols as u64, Ordering::Relaxed);
+                }
+            }
+            Some(pb::step_response::Result::Error(e)) => {
+                if in_window {
+                    o.errors += 1;
+                }
+                o.first_error
+                    .get_or_insert_with(|| format!("step error {}: {}", e.code, e.message));
+            }
+            None => {
+                o.errors += 1;
+            }
+        }
+        if now < w.end {
+            if let Some(t) = &tx {
+                if t.send(msg(s, next_rid)).await.is_err() {
+                    break;
+                }
+                inflight.push_back((s, next_rid, Instant::now()));
+                next_rid += 1;
+            }
+        } else if inflight.is_empty() {
+            // Everything answered: end the request stream; the server then ends its side.
+            tx = None;
+        }
+    }
+    drop(tx);
+    o
+}
+
+// ---------------------------------------------------------------- statistics
+
+fn latency(v: &mut [u32]) -> Latency {
+    if v.is_empty() {
+        return Latency {
+            count: 0,
+            p50_us: f64::NAN,
+            p95_us: f64::NAN,
+            p99_us: f64::NAN,
+            max_us: f64::NAN,
+            mean_us: f64::NAN,
+        };
+    }
+    v.sort_unstable();
+    let q = |p: f64| v[((v.len() as f64 * p).ceil() as usize).clamp(1, v.len()) - 1] as f64;
+    Latency {
+        count: v.len() as u64,
+        p50_us: q(0.50),
+        p95_us: q(0.95),
+        p99_us: q(0.99),
+        max_us: *v.last().unwrap() as f64,
+        mean_us: v.iter().map(|&x| x as f64).sum::<f64>() / v.len() as f64,
+    }
+}
+
+type Hist = (u64, u64, [u64; BATCH_BUCKETS]);
+
+fn hist_snapshot(s: &WorkerStats) -> Hist {
+    let mut h = [0u64; BATCH_BUCKETS];
+    for (d, a) in h.iter_mut().zip(s.batch_size_hist.iter()) {
+        *d = a.load(Ordering::Relaxed);
+    }
+    (
+        s.batches.load(Ordering::Relaxed),
+        s.session_steps.load(Ordering::Relaxed),
+        h,
+    )
+}
+
+fn batch_diff(a: &Hist, b: &Hist) -> BatchStats {
+    let batches = b.0 - a.0;
+    let session_steps = b.1 - a.1;
+    let histogram = (0..BATCH_BUCKETS)
+        .filter(|&i| b.2[i] > a.2[i])
+        .map(|i| (1u64 << i, b.2[i] - a.2[i]))
+        .collect();
+    BatchStats {
+        batches,
+        session_steps,
+        mean_batch: if batches > 0 {
+            session_steps as f64 / batches as f64
+        } else {
+            0.0
+        },
+        histogram,
+    }
+}
+
+/// CPU ticks (user + system) of every thread of this process, by thread name.
+fn thread_cpu_snapshot() -> HashMap<u64, (String, u64)> {
+    let mut out = HashMap::new();
+    let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
+        return out;
+    };
+    for e in dir.flatten() {
+        let Ok(tid) = e.file_name().to_string_lossy().parse::<u64>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+            continue;
+        };
+        // "tid (comm) state ..." — comm may hold spaces; fields after ')' start at field 3.
+        let (Some(l), Some(r)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let name = stat[l + 1..r].to_string();
+        let f: Vec<&str> = stat[r + 2..].split_whitespace().collect();
+        let ticks = f.get(11).and_then(|u| u.parse::<u64>().ok()).unwrap_or(0)
+            + f.get(12).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0);
+        out.insert(tid, (name, ticks));
+    }
+    out
+}
+
+fn cpu_diff(
+    a: &HashMap<u64, (String, u64)>,
+    b: &HashMap<u64, (String, u64)>,
+    secs: f64,
+) -> Vec<ThreadCpu> {
+    // Clock ticks are 100 per second on Linux (USER_HZ).
+    let hz = 100.0;
+    let mut groups: Vec<(String, usize, u64)> = Vec::new();
+    for (tid, (name, t1)) in b {
+        let t0 = a.get(tid).map_or(0, |x| x.1);
+        let group = if name.starts_with("gru-worker") {
+            "server compute worker".to_string()
+        } else if name.starts_with("lg-server") {
+            "server runtime".to_string()
+        } else if name.starts_with("lg-client") {
+            "client runtime".to_string()
+        } else {
+            format!("other ({name})")
+        };
+        match groups.iter_mut().find(|g| g.0 == group) {
+            Some(g) => {
+                g.1 += 1;
+                g.2 += t1.saturating_sub(t0);
+            }
+            None => groups.push((group, 1, t1.saturating_sub(t0))),
+        }
+    }
+    groups.sort_by(|x, y| x.0.cmp(&y.0));
+    groups
+        .into_iter()
+        .map(|(group, threads, ticks)| ThreadCpu {
+            group,
+            threads,
+            cores: ticks as f64 / hz / secs.max(1e-9),
+        })
+        .collect()
+}
+
+fn print_results(r: &Results) {
+    let a = &r.args;
+    println!(
+        "mode: {} | sessions {} over {} streams on {} connections | k = {} | I = {} | output cols {} | {:.1} s measured after {:.1} s warm-up",
+        r.mode, a.sessions, r.streams, r.connections, a.k, r.input_size, r.output_cols, r.measured_secs, a.warmup_secs
+    );
+    println!(
+        "throughput: {:.0} steps/s, {:.0} messages/s ({} messages, {} errors)",
+        r.steps_per_sec, r.messages_per_sec, r.messages, r.errors
+    );
+    let l = &r.latency;
+    println!(
+        "round trip per message: p50 {:.0} µs, p95 {:.0} µs, p99 {:.0} µs, max {:.0} µs, mean {:.0} µs",
+        l.p50_us, l.p95_us, l.p99_us, l.max_us, l.mean_us
+    );
+    match &r.server_batches {
+        Some(b) => {
+            println!(
+                "server batches: {} batches, {} session-steps, mean batch {:.1} ({})",
+                b.batches, b.session_steps, b.mean_batch, r.server_batches_note
+            );
+            let hist: Vec<String> = b
+                .histogram
+                .iter()
+                .map(|(lo, n)| {
+                    if *lo == 1 {
+                        format!("1: {n}")
+                    } else {
+                        format!("{lo}-{}: {n}", lo * 2 - 1)
+                    }
+                })
+                .collect();
+            println!("  batch size histogram: {}", hist.join(", "));
+        }
+        None => println!("server batches: {}", r.server_batches_note),
+    }
+    let cpu: Vec<String> = r
+        .thread_cpu
+        .iter()
+        .map(|t| format!("{} ×{}: {:.2}", t.group, t.threads, t.cores))
+        .collect();
+    println!("CPU (cores busy, this process): {}", cpu.join(", "));
+    println!("load average at end: {}", r.load_average);
+    if let Some(e) = &r.first_error {
+        println!("first error: {e}");
+    }
+}
