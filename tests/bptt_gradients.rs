@@ -214,7 +214,17 @@ fn five_point(f: &dyn Fn(f64) -> f64, h: f64) -> f64 {
 fn check_finite_differences(mode: ResetMode, kind: Kind, window: Option<usize>) {
     let m = model(mode);
     let (batch, h0) = batch(kind);
-    let (_, grads) = m.loss_and_gradients(&batch, Some(&h0), window).unwrap();
+    let (loss, grads) = m.loss_and_gradients(&batch, Some(&h0), window).unwrap();
+    // The fused CPU backward equals the candle-op backward (so the finite
+    // differences below check both).
+    let fused = m.clone().with_backend(Backend::Fused);
+    let (loss_f, gf) = fused.loss_and_gradients(&batch, Some(&h0), window).unwrap();
+    assert!((loss - loss_f).abs() < 1e-13);
+    for (k, (a, b)) in grad_list(&grads).iter().zip(grad_list(&gf)).enumerate() {
+        let d = common::max_abs_diff(a, &b);
+        assert!(d < 1e-12, "{mode:?} {kind:?} {window:?}: fused param {k} differs by {d:e}");
+    }
+    assert!(common::max_abs_diff(&grads.h0, &gf.h0) < 1e-12);
     let base = params(&m);
     let analytic = grad_list(&grads);
     // Fourth-order central differences: truncation O(h⁴) and rounding ~1e-16/h

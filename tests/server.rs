@@ -1293,6 +1293,48 @@ async fn shutdown_ends_open_streams() {
     drop(tx);
 }
 
+/// Shutdown with a health Watch stream open (what load balancers and
+/// orchestrators keep): the watcher hears NOT_SERVING, its stream ends, and
+/// `run` returns Ok within 5 s although drain_timeout is 60 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_ends_health_watches() {
+    let dir = small_repo();
+    let mut cfg = config_for(dir.path());
+    cfg.drain_timeout = Duration::from_secs(60);
+    let server = TestServer::start(cfg).await;
+    server.wait_serving().await;
+    let mut watch = HealthClient::new(server.channel.clone())
+        .watch(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .expect("health watch")
+        .into_inner();
+    let first = tokio::time::timeout(WAIT, watch.message())
+        .await
+        .expect("first watch status")
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.status, ServingStatus::Serving as i32);
+
+    let stopping = tokio::spawn(server.stop_within(Duration::from_secs(5)));
+    let mut seen = Vec::new();
+    let end = loop {
+        match tokio::time::timeout(WAIT, watch.message()).await {
+            Err(_) => panic!("the health watch did not end within {WAIT:?}; saw {seen:?}"),
+            Ok(Ok(Some(m))) => seen.push(m.status),
+            Ok(other) => break other,
+        }
+    };
+    assert!(
+        seen.contains(&(ServingStatus::NotServing as i32)),
+        "the watcher never heard NOT_SERVING: {seen:?} then {end:?}"
+    );
+    stopping
+        .await
+        .expect("server stopped cleanly within 5 s with a health watch open");
+}
+
 /// ListModels / GetModel: versions 1 and 3 of `m` (different sizes and reset
 /// modes) are listed with latest = 3 and versions [1, 3]; GetModel version 1
 /// reports version 1's sizes; sizes, head, reset_mode, task, dtype,
@@ -1340,6 +1382,8 @@ async fn models_are_described() {
         }
         assert_eq!(m.status, ServingStatus::NotServing as i32);
     }
+    // (An open Watch stream and shutdown: see shutdown_ends_health_watches.)
+    drop(watch);
     server.wait_serving().await;
     assert_eq!(
         server.health("gru.v1.GruService").await.unwrap(),

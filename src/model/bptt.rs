@@ -26,7 +26,9 @@
 //! window boundary. The gradient is Σ_windows Σ_{t∈window} ∂ℓ_t/∂θ with
 //! h_{t0} held constant (GRU-MATH §4), from one forward pass over the batch.
 
-use candle_core::{DType, Tensor, D};
+use candle_core::{DType, Device, Tensor, D};
+
+use super::forward::Backend;
 
 use super::config::ResetMode;
 use super::forward::before_weights;
@@ -237,7 +239,11 @@ impl GruModel {
         let mut dh0 = Vec::with_capacity(self.layers().len());
         for (k, layer) in self.layers().iter().enumerate().rev() {
             let lc = &cache.layers[k];
-            let out = layer_backward(layer, lc, &cache.batch_sizes, &d_out, window)?;
+            let out = if self.backend() == Backend::Fused && matches!(self.device(), Device::Cpu) {
+                layer_backward_fused(layer, lc, &cache.batch_sizes, &d_out, window)?
+            } else {
+                layer_backward(layer, lc, &cache.batch_sizes, &d_out, window)?
+            };
             layer_grads.push(out.grads);
             dh0.push(out.dh0);
             d_out = out.dxs;
@@ -265,6 +271,49 @@ fn sorter<'a>(
         device,
     )?;
     Ok(move |t: &Tensor| t.contiguous()?.index_select(&idx, 0))
+}
+
+fn layer_backward_fused(
+    layer: &GruLayer,
+    lc: &super::network::LayerCache,
+    batch_sizes: &[usize],
+    d_out: &Tensor,
+    window: Option<usize>,
+) -> Result<LayerBackward, ModelError> {
+    let cache = lc
+        .run
+        .cache
+        .as_ref()
+        .ok_or_else(|| ModelError::Internal("forward ran without a cache".into()))?;
+    let args = (&lc.input, &lc.h0, &lc.run.ys, cache);
+    let out = match lc.input.dtype() {
+        DType::F32 => super::bptt_cpu::layer_backward_cpu::<f32>(
+            layer,
+            args.0,
+            args.1,
+            args.2,
+            args.3,
+            batch_sizes,
+            d_out,
+            window,
+        )?,
+        DType::F64 => super::bptt_cpu::layer_backward_cpu::<f64>(
+            layer,
+            args.0,
+            args.1,
+            args.2,
+            args.3,
+            batch_sizes,
+            d_out,
+            window,
+        )?,
+        _ => return layer_backward(layer, lc, batch_sizes, d_out, window),
+    };
+    Ok(LayerBackward {
+        grads: out.grads,
+        dxs: out.dxs,
+        dh0: out.dh0,
+    })
 }
 
 struct LayerBackward {

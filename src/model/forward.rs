@@ -203,25 +203,60 @@ fn parallelism(m: usize, n: usize, k: usize) -> Parallelism {
     }
 }
 
-/// dst[m, n] (row stride n) = (accumulate ? dst : 0) + a[m, k] · b[k, n];
-/// `a` and `b` have unit column stride and the given row strides.
-pub(crate) fn matmul_into<T: Real>(
+/// A read-only strided matrix view: element (i, j) is `data[start + i·rs + j·cs]`.
+#[derive(Clone, Copy)]
+pub(crate) struct Mat<'a, T> {
+    pub data: &'a [T],
+    pub start: usize,
+    pub rs: usize,
+    pub cs: usize,
+}
+
+impl<'a, T> Mat<'a, T> {
+    /// Row-major with row stride `rs`.
+    pub fn rows(data: &'a [T], start: usize, rs: usize) -> Self {
+        Mat {
+            data,
+            start,
+            rs,
+            cs: 1,
+        }
+    }
+    /// The transpose of the row-major matrix at `start` with row stride `rs`.
+    pub fn transposed(data: &'a [T], start: usize, rs: usize) -> Self {
+        Mat {
+            data,
+            start,
+            rs: 1,
+            cs: rs,
+        }
+    }
+}
+
+/// dst[m, n] (row stride n) = (accumulate ? dst : 0) + a[m, k] · b[k, n].
+pub(crate) fn gemm_into<T: Real>(
     dst: &mut [T],
     m: usize,
     n: usize,
     k: usize,
-    a: Rows<'_, T>,
-    b: Rows<'_, T>,
+    a: Mat<'_, T>,
+    b: Mat<'_, T>,
     accumulate: bool,
 ) {
     if m == 0 || n == 0 {
         return;
     }
+    if k == 0 {
+        if !accumulate {
+            dst[..m * n].fill(T::zero());
+        }
+        return;
+    }
     // The raw-pointer gemm below reads exactly these ranges; check them so a
     // shape bug is a panic here, never an out-of-bounds read.
     assert!(dst.len() >= m * n, "gemm dst too small");
-    assert!(k == 0 || a.data.len() >= a.start + (m - 1) * a.stride + k);
-    assert!(k == 0 || b.data.len() >= b.start + (k - 1) * b.stride + n);
+    assert!(a.data.len() > a.start + (m - 1) * a.rs + (k - 1) * a.cs);
+    assert!(b.data.len() > b.start + (k - 1) * b.rs + (n - 1) * b.cs);
     // SAFETY: bounds checked above; dst does not alias a or b (&mut vs &).
     unsafe {
         gemm::gemm(
@@ -233,11 +268,11 @@ pub(crate) fn matmul_into<T: Real>(
             n as isize,
             accumulate,
             a.data.as_ptr().add(a.start),
-            1,
-            a.stride as isize,
+            a.cs as isize,
+            a.rs as isize,
             b.data.as_ptr().add(b.start),
-            1,
-            b.stride as isize,
+            b.cs as isize,
+            b.rs as isize,
             T::one(),
             T::one(),
             false,
@@ -246,6 +281,27 @@ pub(crate) fn matmul_into<T: Real>(
             parallelism(m, n, k),
         )
     }
+}
+
+/// dst[m, n] = (accumulate ? dst : 0) + a[m, k] · b[k, n], both row-major views.
+pub(crate) fn matmul_into<T: Real>(
+    dst: &mut [T],
+    m: usize,
+    n: usize,
+    k: usize,
+    a: Rows<'_, T>,
+    b: Rows<'_, T>,
+    accumulate: bool,
+) {
+    gemm_into(
+        dst,
+        m,
+        n,
+        k,
+        Mat::rows(a.data, a.start, a.stride),
+        Mat::rows(b.data, b.start, b.stride),
+        accumulate,
+    )
 }
 
 /// Fills each of the `m` rows of `dst` (width `bias.len()`) with `bias`.

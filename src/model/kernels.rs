@@ -232,6 +232,63 @@ dispatch! {
     }
 }
 
+dispatch! {
+    /// BPTT, reset-after, one row: from ε (`e`), the cached [r | z | c | g]
+    /// and h_{t−1}, writes the input-side gate gradients `gi` = [δr | δz | δc],
+    /// the recurrent-side ones `gh` = [δr | δz | δg], and `dh` = ε ⊙ (1 − z)
+    /// (the gated identity path; the caller adds gh · W_hhᵀ).
+    fn after_backward_row<T>(e: &[T], cache: &[T], hp: &[T], gi: &mut [T], gh: &mut [T], dh: &mut [T]) {
+        let hs = e.len();
+        let one = T::one();
+        for j in 0..hs {
+            let (r, z, c, g) = (cache[j], cache[hs + j], cache[2 * hs + j], cache[3 * hs + j]);
+            let ej = e[j];
+            let dc = ej * z * (one - c * c);
+            let dz = ej * (c - hp[j]) * z * (one - z);
+            let dr = dc * g * r * (one - r);
+            gi[j] = dr;
+            gi[hs + j] = dz;
+            gi[2 * hs + j] = dc;
+            gh[j] = dr;
+            gh[hs + j] = dz;
+            gh[2 * hs + j] = dc * r;
+            dh[j] = ej * (one - z);
+        }
+    }
+}
+
+dispatch! {
+    /// BPTT, reset-before, first half of a row: δz and δc into `gi`'s z and c
+    /// blocks, and `dh` = ε ⊙ (1 − z).
+    fn before_backward_zc_row<T>(e: &[T], cache: &[T], hp: &[T], gi: &mut [T], dh: &mut [T]) {
+        let hs = e.len();
+        let one = T::one();
+        for j in 0..hs {
+            let (z, c) = (cache[hs + j], cache[2 * hs + j]);
+            let ej = e[j];
+            gi[hs + j] = ej * (c - hp[j]) * z * (one - z);
+            gi[2 * hs + j] = ej * z * (one - c * c);
+            dh[j] = ej * (one - z);
+        }
+    }
+}
+
+dispatch! {
+    /// BPTT, reset-before, second half: from dS = δc · U_cᵀ, writes δr into
+    /// `gi`'s r block, adds dS ⊙ r to `dh`, and stores s = r ⊙ h_{t−1} (the
+    /// input of U_c, for its weight gradient).
+    fn before_backward_r_row<T>(ds: &[T], cache: &[T], hp: &[T], gi: &mut [T], dh: &mut [T], s: &mut [T]) {
+        let hs = ds.len();
+        let one = T::one();
+        for j in 0..hs {
+            let r = cache[j];
+            gi[j] = ds[j] * hp[j] * r * (one - r);
+            dh[j] = dh[j] + ds[j] * r;
+            s[j] = r * hp[j];
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,6 +6,7 @@
 //! - [`weights`]: native folder format, PyTorch state dicts, ONNX arrays.
 
 pub mod bptt;
+mod bptt_cpu;
 pub mod config;
 pub mod forward;
 pub mod kernels;

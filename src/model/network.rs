@@ -182,6 +182,10 @@ impl GruModel {
         self.config.dtype.dtype()
     }
 
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
     /// Chooses the implementation (fused CPU kernels or plain candle ops).
     pub fn with_backend(mut self, backend: Backend) -> Self {
         self.backend = backend;
