@@ -222,7 +222,10 @@ fn check_finite_differences(mode: ResetMode, kind: Kind, window: Option<usize>) 
     assert!((loss - loss_f).abs() < 1e-13);
     for (k, (a, b)) in grad_list(&grads).iter().zip(grad_list(&gf)).enumerate() {
         let d = common::max_abs_diff(a, &b);
-        assert!(d < 1e-12, "{mode:?} {kind:?} {window:?}: fused param {k} differs by {d:e}");
+        assert!(
+            d < 1e-12,
+            "{mode:?} {kind:?} {window:?}: fused param {k} differs by {d:e}"
+        );
     }
     assert!(common::max_abs_diff(&grads.h0, &gf.h0) < 1e-12);
     let base = params(&m);

@@ -21,7 +21,7 @@ fn col_sums<T: Real>(m: &[T], cols: usize) -> Vec<T> {
     let mut out = vec![T::zero(); cols];
     for row in m.chunks_exact(cols) {
         for (o, v) in out.iter_mut().zip(row) {
-            *o = *o + *v;
+            *o += *v;
         }
     }
     out
@@ -79,7 +79,7 @@ pub(crate) fn layer_backward_cpu<T: Real>(
             .iter_mut()
             .zip(&dov[base * hs..(base + b) * hs])
         {
-            *e = *e + *d;
+            *e += *d;
         }
         let hp = if t == 0 {
             h0v

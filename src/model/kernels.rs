@@ -17,7 +17,9 @@
 use candle_core::WithDType;
 
 /// The float types the model computes in.
-pub trait Real: WithDType + num_traits::Float + Send + Sync + std::fmt::Debug {
+pub trait Real:
+    WithDType + num_traits::Float + std::ops::AddAssign + Send + Sync + std::fmt::Debug
+{
     fn exp_k(self) -> Self;
 
     #[inline(always)]
@@ -283,7 +285,7 @@ dispatch! {
         for j in 0..hs {
             let r = cache[j];
             gi[j] = ds[j] * hp[j] * r * (one - r);
-            dh[j] = dh[j] + ds[j] * r;
+            dh[j] += ds[j] * r;
             s[j] = r * hp[j];
         }
     }
