@@ -129,7 +129,7 @@ pub async fn run(
     let addr = listener.local_addr().ok();
     tracing::info!(?addr, "listening");
     let stop_cancel = cancel.clone();
-    let stop_health = health.clone();
+    let mut stop_health = health.clone();
     let server = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(reflection_v1)
@@ -138,12 +138,19 @@ pub async fn run(
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
             shutdown.await;
             tracing::info!("shutting down: no new connections; ending open streams");
-            stop_health
-                .set_service_status("", ServingStatus::NotServing)
-                .await;
-            stop_health
-                .set_service_status(GRU_SERVICE, ServingStatus::NotServing)
-                .await;
+            for svc in ["", GRU_SERVICE] {
+                stop_health
+                    .set_service_status(svc, ServingStatus::NotServing)
+                    .await;
+                // Dropping the status channel ends open health Watch streams
+                // (after they hear NOT_SERVING), which would otherwise hold
+                // the drain for drain_timeout; re-adding it keeps Check
+                // answering NOT_SERVING while draining.
+                stop_health.clear_service_status(svc).await;
+                stop_health
+                    .set_service_status(svc, ServingStatus::NotServing)
+                    .await;
+            }
             stop_cancel.cancel();
         });
     let drain = config.drain_timeout;

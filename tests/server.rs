@@ -1,3 +1,4 @@
+#![cfg(feature = "grpc")]
 //! The gRPC server end to end: the real `gru_serve::server::run` on
 //! 127.0.0.1:0, driven through the generated client.
 //!
@@ -480,12 +481,12 @@ async fn concurrent_sessions_get_what_they_get_alone() {
     server.stop().await;
 }
 
-/// One stream carrying three sessions, 24 interleaved messages all sent
-/// before any reply is read (so many are in flight at once): replies come in
-/// request order (request_id and session_id echoed), each session's outputs
-/// equal Predict on its concatenated inputs (its messages were applied in
-/// order), and session C, which uses start_step on every message, is never
-/// refused.
+/// One stream carrying three sessions, 4 rounds of 24 interleaved messages,
+/// each round sent before its replies are read (so many are in flight at
+/// once, several per session): replies come in request order (request_id and
+/// session_id echoed), each session's messages are applied in order (step
+/// indices, and outputs equal to Predict on its concatenated inputs), and
+/// session C, which uses start_step on every message, is never refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_stream_many_sessions_in_order() {
     let dir = small_repo();
@@ -497,9 +498,11 @@ async fn one_stream_many_sessions_in_order() {
         open(&mut c, None).await,
     ];
     let h0s = [None, Some(rand_vec(L * H, 5)), None];
-    // Schedule: (session, k), interleaved, with runs of the same session.
+    // Schedule: (session, k), interleaved, with runs of the same session;
+    // sent in rounds of 24 messages, each round's replies read after it.
+    const ROUND: usize = 24;
     let mut schedule = Vec::new();
-    for n in 0..24usize {
+    for n in 0..4 * ROUND {
         let s = [0, 1, 0, 2, 2, 1, 0, 0][n % 8];
         schedule.push((s, 1 + n % 3));
     }
@@ -512,32 +515,31 @@ async fn one_stream_many_sessions_in_order() {
 
     let (tx, mut rx) = open_stream(&mut c).await;
     let mut rows = [0usize; 3];
-    let mut expect = Vec::new();
-    for (n, &(s, k)) in schedule.iter().enumerate() {
-        let mut r = step_req(
-            &ids[s],
-            &inputs[s][rows[s] * I..(rows[s] + k) * I],
-            500 + n as u64,
-        );
-        if s == 2 {
-            r = with_start(r, rows[s] as u64);
-        }
-        tx.send(r).await.unwrap();
-        expect.push((s, rows[s], k));
-        rows[s] += k;
-    }
     let mut got: [Vec<f32>; 3] = Default::default();
-    for (n, &(s, start, k)) in expect.iter().enumerate() {
-        let rep = reply(&mut rx).await;
-        assert_eq!(rep.request_id, 500 + n as u64, "reply {n} out of order");
-        assert_eq!(rep.session_id, ids[s], "reply {n}: wrong session");
-        let res = ok_result(&rep);
-        assert_eq!(
-            (res.start_step, res.next_step),
-            (start as u64, (start + k) as u64),
-            "reply {n}: step indices"
-        );
-        got[s].extend(outputs(&rep));
+    for (round, chunk) in schedule.chunks(ROUND).enumerate() {
+        let mut expect = Vec::new();
+        for (j, &(s, k)) in chunk.iter().enumerate() {
+            let id = (round * ROUND + j) as u64 + 500;
+            let mut r = step_req(&ids[s], &inputs[s][rows[s] * I..(rows[s] + k) * I], id);
+            if s == 2 {
+                r = with_start(r, rows[s] as u64);
+            }
+            tx.send(r).await.unwrap();
+            expect.push((id, s, rows[s], k));
+            rows[s] += k;
+        }
+        for &(id, s, start, k) in &expect {
+            let rep = reply(&mut rx).await;
+            assert_eq!(rep.request_id, id, "round {round}: reply out of order");
+            assert_eq!(rep.session_id, ids[s], "reply {id}: wrong session");
+            let res = ok_result(&rep);
+            assert_eq!(
+                (res.start_step, res.next_step),
+                (start as u64, (start + k) as u64),
+                "reply {id}: step indices (messages applied out of order)"
+            );
+            got[s].extend(outputs(&rep));
+        }
     }
     drop(tx);
     assert!(next_reply(&mut rx).await.unwrap().is_none());

@@ -140,13 +140,29 @@ impl Engine {
     }
 }
 
+/// A queued step message (see [`Engine::submit_step`]).
+pub struct PendingStep {
+    pub session: Arc<Session>,
+    rx: tokio::sync::oneshot::Receiver<Result<batcher::StepReply, EngineError>>,
+}
+
+impl PendingStep {
+    /// The worker's reply.
+    pub async fn wait(self) -> Result<batcher::StepReply, EngineError> {
+        self.rx
+            .await
+            .map_err(|_| EngineError::Unavailable("the model worker stopped".into()))?
+    }
+}
+
 /// One sequence of a Predict request.
 pub struct PredictSeq {
     /// [len × input] row-major.
     pub inputs: Vec<f32>,
     pub len: usize,
-    /// Optional initial h [layers × hidden].
-    pub initial: Option<Vec<f32>>,
+    /// Optional initial h: (layers, hidden, [layers × hidden]) as declared
+    /// by the client; checked against the model.
+    pub initial: Option<(usize, usize, Vec<f32>)>,
 }
 
 pub struct PredictOut {
@@ -248,15 +264,18 @@ impl Engine {
         )
     }
 
-    /// Feeds `k` steps ([k × input] row-major) to a session.
-    pub async fn step(
+    /// Validates a step message of `k` steps ([k × input] row-major) and
+    /// queues it on the session's model worker, without waiting. Synchronous
+    /// on purpose: messages submitted one after another are applied in that
+    /// order (a stream's messages for one session must be).
+    pub fn submit_step(
         &self,
         session_id: &str,
         inputs: Vec<f32>,
         k: usize,
         cols: usize,
         start_step: Option<u64>,
-    ) -> Result<batcher::StepReply, EngineError> {
+    ) -> Result<PendingStep, EngineError> {
         let session = self.sessions.get(session_id)?;
         let i = session.model.model.config().input_size;
         if k == 0 || k > self.config.max_steps_per_message {
@@ -282,8 +301,21 @@ impl Engine {
             reply: tx,
             span: tracing::Span::current(),
         })?;
-        rx.await
-            .map_err(|_| EngineError::Unavailable("the model worker stopped".into()))?
+        Ok(PendingStep { session, rx })
+    }
+
+    /// Feeds `k` steps ([k × input] row-major) to a session.
+    pub async fn step(
+        &self,
+        session_id: &str,
+        inputs: Vec<f32>,
+        k: usize,
+        cols: usize,
+        start_step: Option<u64>,
+    ) -> Result<batcher::StepReply, EngineError> {
+        self.submit_step(session_id, inputs, k, cols, start_step)?
+            .wait()
+            .await
     }
 
     /// Stateless forward of variable-length sequences, off the async runtime.
@@ -319,12 +351,12 @@ impl Engine {
                 )));
             }
             check_finite(&format!("sequences[{n}].inputs"), &s.inputs)?;
-            if let Some(h) = &s.initial {
+            if let Some((layers, hidden, h)) = &s.initial {
                 self.check_state(
                     &format!("sequences[{n}].initial_state"),
                     &served,
-                    c.num_layers,
-                    h.len() / c.num_layers.max(1),
+                    *layers,
+                    *hidden,
                     h,
                 )?;
             }
@@ -351,7 +383,7 @@ fn predict_blocking(
         .map(|s| batcher::RowIn {
             inputs: &s.inputs,
             len: s.len,
-            h: s.initial.as_deref(),
+            h: s.initial.as_ref().map(|(_, _, h)| h.as_slice()),
         })
         .collect();
     batcher::forward_rows(model, &rows)

@@ -27,6 +27,17 @@ fn col_sums<T: Real>(m: &[T], cols: usize) -> Vec<T> {
     out
 }
 
+/// [rows, cols] row-major → [cols, rows] row-major.
+fn transpose<T: Real>(m: &[T], rows: usize, cols: usize) -> Vec<T> {
+    let mut out = vec![T::zero(); rows * cols];
+    for (r, row) in m.chunks_exact(cols).take(rows).enumerate() {
+        for (c, v) in row.iter().enumerate() {
+            out[c * rows + r] = *v;
+        }
+    }
+    out
+}
+
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn layer_backward_cpu<T: Real>(
     layer: &GruLayer,
@@ -54,6 +65,10 @@ pub(crate) fn layer_backward_cpu<T: Real>(
     let w_ih = views[5].slice::<T>()?;
     let w_hh = views[6].slice::<T>()?;
     let after = layer.mode == ResetMode::AfterMatmul;
+    // Transposed weights, laid out once: gemm re-packs a strided operand on
+    // every call, and the recurrent product runs once per step.
+    let w_hh_t = transpose(w_hh, hs, h3);
+    let w_ih_t = transpose(w_ih, i, h3);
 
     let mut gi = vec![T::zero(); rows * h3];
     let mut gh = if after {
@@ -112,7 +127,7 @@ pub(crate) fn layer_backward_cpu<T: Real>(
         if after {
             // dh += [δr | δz | δg] · W_hhᵀ
             let a = Mat::rows(&gh, base * h3, h3);
-            gemm_into(&mut dh, b, hs, h3, a, Mat::transposed(w_hh, 0, h3), true);
+            gemm_into(&mut dh, b, hs, h3, a, Mat::rows(&w_hh_t, 0, hs), true);
         } else {
             // dS = δc · U_cᵀ, then δr, then dh += [δr | δz] · [U_r | U_z]ᵀ
             let a = Mat::rows(&gi, base * h3 + 2 * hs, h3);
@@ -122,7 +137,7 @@ pub(crate) fn layer_backward_cpu<T: Real>(
                 hs,
                 hs,
                 a,
-                Mat::transposed(w_hh, 2 * hs, h3),
+                Mat::rows(&w_hh_t, 2 * hs * hs, hs),
                 false,
             );
             for row in 0..b {
@@ -138,15 +153,7 @@ pub(crate) fn layer_backward_cpu<T: Real>(
                 );
             }
             let a = Mat::rows(&gi, base * h3, h3);
-            gemm_into(
-                &mut dh,
-                b,
-                hs,
-                2 * hs,
-                a,
-                Mat::transposed(w_hh, 0, h3),
-                true,
-            );
+            gemm_into(&mut dh, b, hs, 2 * hs, a, Mat::rows(&w_hh_t, 0, hs), true);
         }
         // A window boundary: the state entering step t is a constant.
         if matches!(window, Some(k) if t % k == 0 && t > 0) {
@@ -217,7 +224,7 @@ pub(crate) fn layer_backward_cpu<T: Real>(
         i,
         h3,
         Mat::rows(&gi, 0, h3),
-        Mat::transposed(w_ih, 0, h3),
+        Mat::rows(&w_ih_t, 0, i),
         false,
     );
     drop(views);

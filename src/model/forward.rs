@@ -233,6 +233,9 @@ impl<'a, T> Mat<'a, T> {
     }
 }
 
+/// Up to this many rows, a product runs as row-by-row axpy (batch-1 steps).
+const SMALL_M: usize = 4;
+
 /// dst[m, n] (row stride n) = (accumulate ? dst : 0) + a[m, k] · b[k, n].
 pub(crate) fn gemm_into<T: Real>(
     dst: &mut [T],
@@ -249,6 +252,24 @@ pub(crate) fn gemm_into<T: Real>(
     if k == 0 {
         if !accumulate {
             dst[..m * n].fill(T::zero());
+        }
+        return;
+    }
+    if m <= SMALL_M && b.cs == 1 {
+        let mut a_row = Vec::new();
+        for (r, y) in dst.chunks_exact_mut(n).take(m).enumerate() {
+            if !accumulate {
+                y.fill(T::zero());
+            }
+            let s = a.start + r * a.rs;
+            let row = if a.cs == 1 {
+                &a.data[s..s + k]
+            } else {
+                a_row.clear();
+                a_row.extend((0..k).map(|j| a.data[s + j * a.cs]));
+                &a_row[..]
+            };
+            kernels::axpy_rows(y, row, b.data, b.start, b.rs);
         }
         return;
     }

@@ -69,7 +69,11 @@ pub fn exp_f32(x: f32) -> f32 {
     p = p * r + 1.666_666_5e-1;
     p = p * r + 0.5; // Cephes: 5.0000001201e-1, the same f32
     let y = p * r * r + r + 1.0;
-    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    // 2^n without a float→int `as` cast (Rust's saturating cast checks each
+    // lane for NaN and stops vectorization): adding 1.5·2^23 puts the integer
+    // n in the low mantissa bits.
+    let n_bits = (n + 12_582_912.0).to_bits().wrapping_sub(0x4B40_0000);
+    let scale = f32::from_bits(n_bits.wrapping_add(127) << 23);
     y * scale
 }
 
@@ -161,11 +165,10 @@ dispatch! {
     /// `gi` = x W_ih + b_ih + [b_hr, b_hz, 0] and `gh` = h W_hh + [0, 0, b_hn] (both 3H wide);
     /// writes h' and, when `cache` is given, [r | z | c | g] (4H) with g = W_hn h + b_hn.
     fn after_row<T>(gi: &[T], gh: &[T], h: &[T], out: &mut [T], cache: Option<&mut [T]>) {
+        // Every slice cut to exactly `hs` so the bounds checks vanish and the loop vectorizes.
         let hs = h.len();
-        let (gi_r, rest) = gi.split_at(hs);
-        let (gi_z, gi_c) = rest.split_at(hs);
-        let (gh_r, rest) = gh.split_at(hs);
-        let (gh_z, gh_c) = rest.split_at(hs);
+        let (gi_r, gi_z, gi_c) = (&gi[..hs], &gi[hs..2 * hs], &gi[2 * hs..3 * hs]);
+        let (gh_r, gh_z, gh_c) = (&gh[..hs], &gh[hs..2 * hs], &gh[2 * hs..3 * hs]);
         let out = &mut out[..hs];
         match cache {
             None => {
@@ -180,6 +183,7 @@ dispatch! {
                 let (cr, rest) = cache.split_at_mut(hs);
                 let (cz, rest) = rest.split_at_mut(hs);
                 let (cc, cg) = rest.split_at_mut(hs);
+                let (cz, cc, cg) = (&mut cz[..hs], &mut cc[..hs], &mut cg[..hs]);
                 for j in 0..hs {
                     let r = (gi_r[j] + gh_r[j]).sigmoid_k();
                     let z = (gi_z[j] + gh_z[j]).sigmoid_k();
@@ -201,10 +205,13 @@ dispatch! {
     fn before_gates_row<T>(gi: &[T], grz: &[T], h: &[T], rz: &mut [T], s: &mut [T]) {
         let hs = h.len();
         let (r_out, z_out) = rz.split_at_mut(hs);
+        let (z_out, s) = (&mut z_out[..hs], &mut s[..hs]);
+        let (gi_r, gi_z) = (&gi[..hs], &gi[hs..2 * hs]);
+        let (g_r, g_z) = (&grz[..hs], &grz[hs..2 * hs]);
         for j in 0..hs {
-            let r = (gi[j] + grz[j]).sigmoid_k();
+            let r = (gi_r[j] + g_r[j]).sigmoid_k();
             r_out[j] = r;
-            z_out[j] = (gi[hs + j] + grz[hs + j]).sigmoid_k();
+            z_out[j] = (gi_z[j] + g_z[j]).sigmoid_k();
             s[j] = r * h[j];
         }
     }
@@ -216,6 +223,7 @@ dispatch! {
     fn before_candidate_row<T>(gi_c: &[T], gs: &[T], z: &[T], h: &[T], out: &mut [T], c_out: Option<&mut [T]>) {
         let hs = h.len();
         let out = &mut out[..hs];
+        let (gi_c, gs, z) = (&gi_c[..hs], &gs[..hs], &z[..hs]);
         match c_out {
             None => {
                 for j in 0..hs {
@@ -224,6 +232,7 @@ dispatch! {
                 }
             }
             Some(c_out) => {
+                let c_out = &mut c_out[..hs];
                 for j in 0..hs {
                     let c = (gi_c[j] + gs[j]).tanh_k();
                     out[j] = h[j] + z[j] * (c - h[j]);
@@ -242,18 +251,26 @@ dispatch! {
     fn after_backward_row<T>(e: &[T], cache: &[T], hp: &[T], gi: &mut [T], gh: &mut [T], dh: &mut [T]) {
         let hs = e.len();
         let one = T::one();
+        let (cr, cz, cc, cg) = (&cache[..hs], &cache[hs..2 * hs], &cache[2 * hs..3 * hs], &cache[3 * hs..4 * hs]);
+        let (hp, dh) = (&hp[..hs], &mut dh[..hs]);
+        let (gi_r, rest) = gi.split_at_mut(hs);
+        let (gi_z, gi_c) = rest.split_at_mut(hs);
+        let (gi_z, gi_c) = (&mut gi_z[..hs], &mut gi_c[..hs]);
+        let (gh_r, rest) = gh.split_at_mut(hs);
+        let (gh_z, gh_g) = rest.split_at_mut(hs);
+        let (gh_z, gh_g) = (&mut gh_z[..hs], &mut gh_g[..hs]);
         for j in 0..hs {
-            let (r, z, c, g) = (cache[j], cache[hs + j], cache[2 * hs + j], cache[3 * hs + j]);
+            let (r, z, c, g) = (cr[j], cz[j], cc[j], cg[j]);
             let ej = e[j];
             let dc = ej * z * (one - c * c);
             let dz = ej * (c - hp[j]) * z * (one - z);
             let dr = dc * g * r * (one - r);
-            gi[j] = dr;
-            gi[hs + j] = dz;
-            gi[2 * hs + j] = dc;
-            gh[j] = dr;
-            gh[hs + j] = dz;
-            gh[2 * hs + j] = dc * r;
+            gi_r[j] = dr;
+            gi_z[j] = dz;
+            gi_c[j] = dc;
+            gh_r[j] = dr;
+            gh_z[j] = dz;
+            gh_g[j] = dc * r;
             dh[j] = ej * (one - z);
         }
     }
@@ -265,11 +282,14 @@ dispatch! {
     fn before_backward_zc_row<T>(e: &[T], cache: &[T], hp: &[T], gi: &mut [T], dh: &mut [T]) {
         let hs = e.len();
         let one = T::one();
+        let (cz, cc) = (&cache[hs..2 * hs], &cache[2 * hs..3 * hs]);
+        let (hp, dh) = (&hp[..hs], &mut dh[..hs]);
+        let (gi_z, gi_c) = gi[hs..3 * hs].split_at_mut(hs);
         for j in 0..hs {
-            let (z, c) = (cache[hs + j], cache[2 * hs + j]);
+            let (z, c) = (cz[j], cc[j]);
             let ej = e[j];
-            gi[hs + j] = ej * (c - hp[j]) * z * (one - z);
-            gi[2 * hs + j] = ej * z * (one - c * c);
+            gi_z[j] = ej * (c - hp[j]) * z * (one - z);
+            gi_c[j] = ej * z * (one - c * c);
             dh[j] = ej * (one - z);
         }
     }
@@ -282,11 +302,27 @@ dispatch! {
     fn before_backward_r_row<T>(ds: &[T], cache: &[T], hp: &[T], gi: &mut [T], dh: &mut [T], s: &mut [T]) {
         let hs = ds.len();
         let one = T::one();
+        let (cache, hp, gi, dh, s) = (&cache[..hs], &hp[..hs], &mut gi[..hs], &mut dh[..hs], &mut s[..hs]);
         for j in 0..hs {
             let r = cache[j];
             gi[j] = ds[j] * hp[j] * r * (one - r);
             dh[j] += ds[j] * r;
             s[j] = r * hp[j];
+        }
+    }
+}
+
+dispatch! {
+    /// y[0..n] += Σ_k a[k] · B[k, 0..n], B row-major at `b_start` with row stride `b_rs`.
+    /// The matrix–vector product of batch-1 steps: it streams B once, row by
+    /// row, with y held in L1 (gemm's packing costs more than the product here).
+    fn axpy_rows<T>(y: &mut [T], a: &[T], b: &[T], b_start: usize, b_rs: usize) {
+        let n = y.len();
+        for (k, &ak) in a.iter().enumerate() {
+            let row = &b[b_start + k * b_rs..b_start + k * b_rs + n];
+            for (yj, bj) in y.iter_mut().zip(row) {
+                *yj += ak * *bj;
+            }
         }
     }
 }

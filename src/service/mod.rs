@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
-use crate::engine::{Engine, EngineError, ExportedState, PredictSeq, ServedModel};
+use crate::engine::{Engine, EngineError, ExportedState, PendingStep, PredictSeq, ServedModel};
 use crate::model::{ResetMode, Task};
 
 /// Generated from `proto/gru/v1/gru.proto` by build.rs; never edited.
@@ -138,34 +138,46 @@ pub fn model_info(m: &ServedModel, versions: Vec<u64>) -> pb::ModelInfo {
     }
 }
 
-/// The shared logic of Step and StepStream.
-async fn step_inner(engine: Engine, req: pb::StepRequest) -> Result<pb::StepResponse, Status> {
+/// A step message queued on its worker, awaiting the reply.
+struct SubmittedStep {
+    session_id: String,
+    request_id: u64,
+    return_state: bool,
+    k: usize,
+    pending: PendingStep,
+    span: tracing::Span,
+}
+
+/// Step and StepStream, phase 1: validate and queue the message on the
+/// worker. Synchronous, so a stream queues its messages in arrival order.
+fn step_submit(engine: &Engine, req: pb::StepRequest) -> Result<SubmittedStep, Status> {
     let (k, cols, values) = matrix("inputs", req.inputs)?;
     let start = (req.has_start_step || req.start_step > 0).then_some(req.start_step);
     let span = tracing::debug_span!("step", session_id = %req.session_id, steps = k);
-    let reply = engine
-        .step(&req.session_id, values, k, cols, start)
-        .instrument(span)
-        .await?;
-    let o = &reply.outcome;
-    let out_cols = o.outputs.len() / k.max(1);
-    let state = if req.return_state {
-        let session = engine.sessions.get(&req.session_id).ok();
-        let (l, h) = session
-            .map(|s| {
-                let c = s.model.model.config();
-                (c.num_layers, c.hidden_size)
-            })
-            .unwrap_or((1, o.state.len()));
-        Some(hidden(l, h, o.state.clone()))
-    } else {
-        None
-    };
-    Ok(pb::StepResponse {
+    let pending = span.in_scope(|| engine.submit_step(&req.session_id, values, k, cols, start))?;
+    Ok(SubmittedStep {
         session_id: req.session_id,
         request_id: req.request_id,
+        return_state: req.return_state,
+        k,
+        pending,
+        span,
+    })
+}
+
+/// Phase 2: await the worker's reply and build the response.
+async fn step_finish(s: SubmittedStep) -> Result<pb::StepResponse, Status> {
+    let c = s.pending.session.model.model.config();
+    let (l, h) = (c.num_layers, c.hidden_size);
+    let reply = s.pending.wait().instrument(s.span).await?;
+    let o = &reply.outcome;
+    let out_cols = o.outputs.len() / s.k.max(1);
+    let state = s.return_state.then(|| hidden(l, h, o.state.clone()));
+    Ok(pb::StepResponse {
+        session_id: s.session_id,
+        request_id: s.request_id,
         result: Some(pb::step_response::Result::Ok(pb::StepResult {
-            outputs: Some(out_matrix(k, out_cols, o.outputs.clone())),
+            outputs: Some(out_matrix(s.k, out_cols, o.outputs.clone())),
             start_step: o.start_step,
             next_step: o.next_step,
             state,
@@ -225,7 +237,7 @@ impl GruService for GruServiceImpl {
         let mut seqs = Vec::with_capacity(req.sequences.len());
         for (n, s) in req.sequences.into_iter().enumerate() {
             let (rows, _cols, values) = matrix(&format!("sequences[{n}].inputs"), s.inputs)?;
-            let initial = s.initial_state.map(|h| hidden_in(h).2);
+            let initial = s.initial_state.map(hidden_in);
             seqs.push(PredictSeq {
                 inputs: values,
                 len: rows,
@@ -299,8 +311,8 @@ impl GruService for GruServiceImpl {
         &self,
         req: Request<pb::StepRequest>,
     ) -> Result<Response<pb::StepResponse>, Status> {
-        let engine = self.engine()?.clone();
-        Ok(Response::new(step_inner(engine, req.into_inner()).await?))
+        let submitted = step_submit(self.engine()?, req.into_inner())?;
+        Ok(Response::new(step_finish(submitted).await?))
     }
 
     type StepStreamStream = ReceiverStream<Result<pb::StepResponse, Status>>;
@@ -340,19 +352,24 @@ impl GruService for GruServiceImpl {
                 };
                 match msg {
                     Ok(Some(m)) => {
-                        let engine = engine.clone();
+                        let (id, rid) = (m.session_id.clone(), m.request_id);
+                        // Queue here, in arrival order, so one session's
+                        // messages are applied in order; only the waits for
+                        // the replies run concurrently.
+                        let submitted = step_submit(&engine, m);
                         let h = tokio::spawn(async move {
-                            let (id, rid) = (m.session_id.clone(), m.request_id);
-                            step_inner(engine, m)
-                                .await
-                                .unwrap_or_else(|s| pb::StepResponse {
-                                    session_id: id,
-                                    request_id: rid,
-                                    result: Some(pb::step_response::Result::Error(pb::StepError {
-                                        code: s.code() as i32,
-                                        message: s.message().to_string(),
-                                    })),
-                                })
+                            let r = match submitted {
+                                Ok(s) => step_finish(s).await,
+                                Err(e) => Err(e),
+                            };
+                            r.unwrap_or_else(|s| pb::StepResponse {
+                                session_id: id,
+                                request_id: rid,
+                                result: Some(pb::step_response::Result::Error(pb::StepError {
+                                    code: s.code() as i32,
+                                    message: s.message().to_string(),
+                                })),
+                            })
                         });
                         if order_tx.send(Item::Reply(h)).await.is_err() {
                             break;
