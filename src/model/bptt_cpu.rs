@@ -69,6 +69,7 @@ pub(crate) fn layer_backward_cpu<T: Real>(
     // every call, and the recurrent product runs once per step.
     let w_hh_t = transpose(w_hh, hs, h3);
     let w_ih_t = transpose(w_ih, i, h3);
+    let rec_t = |start_row: usize| Mat::rows(&w_hh_t, start_row * hs, hs);
 
     let mut gi = vec![T::zero(); rows * h3];
     let mut gh = if after {
@@ -127,19 +128,11 @@ pub(crate) fn layer_backward_cpu<T: Real>(
         if after {
             // dh += [δr | δz | δg] · W_hhᵀ
             let a = Mat::rows(&gh, base * h3, h3);
-            gemm_into(&mut dh, b, hs, h3, a, Mat::rows(&w_hh_t, 0, hs), true);
+            gemm_into(&mut dh, b, hs, h3, a, rec_t(0), true);
         } else {
             // dS = δc · U_cᵀ, then δr, then dh += [δr | δz] · [U_r | U_z]ᵀ
             let a = Mat::rows(&gi, base * h3 + 2 * hs, h3);
-            gemm_into(
-                &mut ds,
-                b,
-                hs,
-                hs,
-                a,
-                Mat::rows(&w_hh_t, 2 * hs * hs, hs),
-                false,
-            );
+            gemm_into(&mut ds, b, hs, hs, a, rec_t(2 * hs), false);
             for row in 0..b {
                 let (r0, r1) = (row * hs, (row + 1) * hs);
                 let g0 = (base + row) * h3;
@@ -153,7 +146,7 @@ pub(crate) fn layer_backward_cpu<T: Real>(
                 );
             }
             let a = Mat::rows(&gi, base * h3, h3);
-            gemm_into(&mut dh, b, hs, 2 * hs, a, Mat::rows(&w_hh_t, 0, hs), true);
+            gemm_into(&mut dh, b, hs, 2 * hs, a, rec_t(0), true);
         }
         // A window boundary: the state entering step t is a constant.
         if matches!(window, Some(k) if t % k == 0 && t > 0) {

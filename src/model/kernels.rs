@@ -314,13 +314,22 @@ dispatch! {
 
 dispatch! {
     /// y[0..n] += Σ_k a[k] · B[k, 0..n], B row-major at `b_start` with row stride `b_rs`.
-    /// The matrix–vector product of batch-1 steps: it streams B once, row by
-    /// row, with y held in L1 (gemm's packing costs more than the product here).
+    /// The matrix–vector product of batch-1 steps: it streams B once, four
+    /// rows at a time, with y held in L1 (gemm's packing costs more than the
+    /// product here).
     fn axpy_rows<T>(y: &mut [T], a: &[T], b: &[T], b_start: usize, b_rs: usize) {
         let n = y.len();
-        for (k, &ak) in a.iter().enumerate() {
-            let row = &b[b_start + k * b_rs..b_start + k * b_rs + n];
-            for (yj, bj) in y.iter_mut().zip(row) {
+        let row = |k: usize| &b[b_start + k * b_rs..b_start + k * b_rs + n];
+        let k4 = a.len() / 4 * 4;
+        for k in (0..k4).step_by(4) {
+            let (a0, a1, a2, a3) = (a[k], a[k + 1], a[k + 2], a[k + 3]);
+            let (r0, r1, r2, r3) = (row(k), row(k + 1), row(k + 2), row(k + 3));
+            for j in 0..n {
+                y[j] += a0 * r0[j] + a1 * r1[j] + a2 * r2[j] + a3 * r3[j];
+            }
+        }
+        for (k, &ak) in a.iter().enumerate().skip(k4) {
+            for (yj, bj) in y.iter_mut().zip(row(k)) {
                 *yj += ak * *bj;
             }
         }
