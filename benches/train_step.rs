@@ -88,7 +88,11 @@ fn main() {
         group.bench_function("candle_autograd", |bench| {
             bench.iter(|| {
                 let states = gru.seq(&xs).unwrap();
-                let hs = gru.states_to_tensor(&states).unwrap(); // [B, T, H]
+                let hs = gru
+                    .states_to_tensor(&states)
+                    .unwrap()
+                    .reshape((b, t, h))
+                    .unwrap();
                 let y = head.forward(&hs).unwrap();
                 let loss = (y - &ys).unwrap().sqr().unwrap().mean_all().unwrap();
                 opt.backward_step(&loss).unwrap();

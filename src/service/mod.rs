@@ -146,6 +146,7 @@ struct SubmittedStep {
     k: usize,
     pending: PendingStep,
     span: tracing::Span,
+    started: std::time::Instant,
 }
 
 /// Step and StepStream, phase 1: validate and queue the message on the
@@ -153,8 +154,18 @@ struct SubmittedStep {
 fn step_submit(engine: &Engine, req: pb::StepRequest) -> Result<SubmittedStep, Status> {
     let (k, cols, values) = matrix("inputs", req.inputs)?;
     let start = (req.has_start_step || req.start_step > 0).then_some(req.start_step);
-    let span = tracing::debug_span!("step", session_id = %req.session_id, steps = k);
+    let span = tracing::debug_span!(
+        "step",
+        session_id = %req.session_id,
+        steps = k,
+        model = tracing::field::Empty,
+        version = tracing::field::Empty
+    );
+    let started = std::time::Instant::now();
     let pending = span.in_scope(|| engine.submit_step(&req.session_id, values, k, cols, start))?;
+    let served = &pending.session.model;
+    span.record("model", served.name.as_str());
+    span.record("version", served.version);
     Ok(SubmittedStep {
         session_id: req.session_id,
         request_id: req.request_id,
@@ -162,6 +173,7 @@ fn step_submit(engine: &Engine, req: pb::StepRequest) -> Result<SubmittedStep, S
         k,
         pending,
         span,
+        started,
     })
 }
 
@@ -169,7 +181,14 @@ fn step_submit(engine: &Engine, req: pb::StepRequest) -> Result<SubmittedStep, S
 async fn step_finish(s: SubmittedStep) -> Result<pb::StepResponse, Status> {
     let c = s.pending.session.model.model.config();
     let (l, h) = (c.num_layers, c.hidden_size);
-    let reply = s.pending.wait().instrument(s.span).await?;
+    let (span, started) = (s.span.clone(), s.started);
+    let reply = s.pending.wait().instrument(span.clone()).await?;
+    tracing::debug!(
+        parent: &span,
+        elapsed_us = started.elapsed().as_micros() as u64,
+        replayed = reply.replayed,
+        "step done"
+    );
     let o = &reply.outcome;
     let out_cols = o.outputs.len() / s.k.max(1);
     let state = s.return_state.then(|| hidden(l, h, o.state.clone()));
