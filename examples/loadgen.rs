@@ -53,6 +53,12 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status, Streaming};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// A server thread: its address, its stop signal and its join handle.
+type Spawned = (
+    SocketAddr,
+    oneshot::Sender<()>,
+    std::thread::JoinHandle<Result<(), String>>,
+);
 
 /// Closed-loop StepStream load generator for gru-serve (in-process server, echo server, or --target).
 #[derive(Debug, Clone, Parser, Serialize)]
@@ -245,17 +251,7 @@ impl InProcess {
     }
 
     /// Runs `serve(listener, shutdown)` on a fresh runtime in a new thread.
-    fn spawn<F, Fut>(
-        threads: usize,
-        serve: F,
-    ) -> Result<
-        (
-            SocketAddr,
-            oneshot::Sender<()>,
-            std::thread::JoinHandle<Result<(), String>>,
-        ),
-        BoxError,
-    >
+    fn spawn<F, Fut>(threads: usize, serve: F) -> Result<Spawned, BoxError>
     where
         F: FnOnce(tokio::net::TcpListener, oneshot::Receiver<()>) -> Fut + Send + 'static,
         Fut: std::future::Future<Output = Result<(), String>>,
