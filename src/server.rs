@@ -5,7 +5,6 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic_health::ServingStatus;
 
@@ -127,6 +126,10 @@ pub async fn run(
         .max_encoding_message_size(config.max_message_bytes);
 
     let addr = listener.local_addr().ok();
+    // TCP_NODELAY: a step reply is one small write; with Nagle's algorithm it
+    // waits for the peer's delayed ACK (~40 ms) whenever a previous segment
+    // is unacknowledged.
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     tracing::info!(?addr, "listening");
     let stop_cancel = cancel.clone();
     let mut stop_health = health.clone();
@@ -135,7 +138,7 @@ pub async fn run(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(gru)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+        .serve_with_incoming_shutdown(incoming, async move {
             shutdown.await;
             tracing::info!("shutting down: no new connections; ending open streams");
             for svc in ["", GRU_SERVICE] {
