@@ -45,7 +45,7 @@ use std::time::Duration;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::rnn::{GRUState, RNN};
 use candle_nn::VarBuilder;
-use criterion::{BenchmarkId, Criterion, Throughput};
+use criterion::{BenchmarkId, Criterion, SamplingMode, Throughput};
 use gru_serve::model::forward::PARALLEL_MIN_MACS;
 use gru_serve::model::kernels;
 use gru_serve::model::{GruModel, ModelConfig, ResetMode};
@@ -148,6 +148,8 @@ fn bench_models(c: &mut Criterion) {
 
     let mut g = c.benchmark_group(format!("seq_T{T}"));
     g.throughput(Throughput::Elements(T as u64));
+    // One sequence is 1–150 ms: flat sampling keeps the iteration count (and the run) short.
+    g.sampling_mode(SamplingMode::Flat);
     for b in BATCHES {
         let xs = rand(&[b, T, I]);
         let h0 = rand(&[1, b, H]);
@@ -294,6 +296,7 @@ fn bench_diag(c: &mut Criterion) {
     // The input projection of a whole T = 100 sequence (one matmul), per step.
     let mut g = c.benchmark_group(format!("diag_T{T}"));
     g.throughput(Throughput::Elements(T as u64));
+    g.sampling_mode(SamplingMode::Flat);
     for b in BATCHES {
         let x = vals(T * b * I);
         let mut gi = vec![0f32; T * b * 3 * H];

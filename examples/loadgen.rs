@@ -291,21 +291,29 @@ impl InProcess {
         config.engine.max_batch = args.max_batch;
         config.engine.max_sessions = args.sessions.max(1) * 2 + 16;
         config.drain_timeout = Duration::from_secs(2);
-        // `server::run` does not expose its Engine, so the worker's batch
-        // histogram cannot be read here (see the note printed with the results).
+        // The engine is handed out once loaded: its worker's WorkerStats give the batch sizes.
+        let cell: Arc<std::sync::OnceLock<gru_serve::engine::Engine>> =
+            Arc::new(std::sync::OnceLock::new());
+        let (engine, name) = (cell.clone(), args.model.clone());
         let (addr, stop, thread) =
             Self::spawn(args.server_threads, move |listener, stop| async move {
-                gru_serve::server::run(config, listener, async move {
+                let shutdown = async move {
                     let _ = stop.await;
-                })
-                .await
-                .map_err(|e| e.to_string())
+                };
+                gru_serve::server::run_with_engine(config, listener, shutdown, engine)
+                    .await
+                    .map_err(|e| e.to_string())
             })?;
+        let stats: StatsSource = Some(Arc::new(move || {
+            cell.get()
+                .and_then(|e| e.registry.get(&name, None).ok())
+                .map(|m| m.worker.stats.clone())
+        }));
         Ok(InProcess {
             addr,
             shutdown: Some(stop),
             thread: Some(thread),
-            stats: None,
+            stats,
             _dir: Some(dir),
         })
     }
@@ -646,7 +654,7 @@ async fn drive(
     } else if args.echo {
         "n/a: echo server (no model, no batching)".to_string()
     } else {
-        "n/a: gru_serve::server::run does not expose its Engine (WorkerStats); needs a small src change".to_string()
+        "n/a: the model was not loaded".to_string()
     };
     let lat = latency(&mut all.latencies_us);
     Ok(Results {
@@ -884,6 +892,9 @@ fn cpu_diff(
             "server runtime".to_string()
         } else if name.starts_with("lg-client") {
             "client runtime".to_string()
+        } else if name == "loadgen" {
+            // The main thread, and unnamed threads (rayon's pool when --compute-threads > 1).
+            "main + unnamed (rayon pool)".to_string()
         } else {
             format!("other ({name})")
         };

@@ -54,6 +54,18 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
+    run_with_engine(config, listener, shutdown, Arc::new(OnceLock::new())).await
+}
+
+/// [`run`], also publishing the engine into `engine` once its models are
+/// loaded, so an embedder (the load generator, tests) can read the workers'
+/// statistics. The cell must be empty.
+pub async fn run_with_engine(
+    config: ServerConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    engine: Arc<OnceLock<Engine>>,
+) -> Result<(), ServerError> {
     let (health, health_service) = tonic_health::server::health_reporter();
     // NOT_SERVING until the models are loaded.
     health
@@ -63,7 +75,7 @@ pub async fn run(
         .set_service_status(GRU_SERVICE, ServingStatus::NotServing)
         .await;
     let cancel = CancellationToken::new();
-    let cell: Arc<OnceLock<Engine>> = Arc::new(OnceLock::new());
+    let cell = engine;
 
     let engine_config = config.engine.clone();
     let (load_cell, load_health, load_cancel) = (cell.clone(), health.clone(), cancel.clone());
