@@ -155,15 +155,7 @@ impl SessionStore {
         }
         if inner.live.len() >= self.max_sessions {
             // Reclaim idle sessions before refusing: never evict a live one.
-            let idle: Vec<String> = inner
-                .live
-                .iter()
-                .filter(|(_, s)| self.idle_too_long(s, now))
-                .map(|(id, _)| id.clone())
-                .collect();
-            for id in idle {
-                Self::expire_locked(&mut inner, &id);
-            }
+            self.expire_idle_locked(&mut inner, now);
             if inner.live.len() >= self.max_sessions {
                 return Err(EngineError::ResourceExhausted(format!(
                     "session limit reached: {} live sessions (max {}); close sessions or retry later",
@@ -261,8 +253,11 @@ impl SessionStore {
 
     /// Expires every session idle longer than the TTL; returns how many.
     pub fn sweep(&self) -> usize {
-        let now = Instant::now();
         let mut inner = self.inner();
+        self.expire_idle_locked(&mut inner, Instant::now())
+    }
+
+    fn expire_idle_locked(&self, inner: &mut Inner, now: Instant) -> usize {
         let idle: Vec<String> = inner
             .live
             .iter()
@@ -270,7 +265,7 @@ impl SessionStore {
             .map(|(id, _)| id.clone())
             .collect();
         for id in &idle {
-            Self::expire_locked(&mut inner, id);
+            Self::expire_locked(inner, id);
         }
         idle.len()
     }

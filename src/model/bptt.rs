@@ -285,28 +285,11 @@ fn layer_backward_fused(
         .cache
         .as_ref()
         .ok_or_else(|| ModelError::Internal("forward ran without a cache".into()))?;
-    let args = (&lc.input, &lc.h0, &lc.run.ys, cache);
+    use super::bptt_cpu::layer_backward_cpu as cpu;
+    let inputs = (&lc.input, &lc.h0, &lc.run.ys, cache);
     let out = match lc.input.dtype() {
-        DType::F32 => super::bptt_cpu::layer_backward_cpu::<f32>(
-            layer,
-            args.0,
-            args.1,
-            args.2,
-            args.3,
-            batch_sizes,
-            d_out,
-            window,
-        )?,
-        DType::F64 => super::bptt_cpu::layer_backward_cpu::<f64>(
-            layer,
-            args.0,
-            args.1,
-            args.2,
-            args.3,
-            batch_sizes,
-            d_out,
-            window,
-        )?,
+        DType::F32 => cpu::<f32>(layer, inputs, batch_sizes, d_out, window)?,
+        DType::F64 => cpu::<f64>(layer, inputs, batch_sizes, d_out, window)?,
         _ => return layer_backward(layer, lc, batch_sizes, d_out, window),
     };
     Ok(LayerBackward {

@@ -38,13 +38,13 @@ fn transpose<T: Real>(m: &[T], rows: usize, cols: usize) -> Vec<T> {
     out
 }
 
-#[allow(clippy::too_many_arguments)]
+/// The forward's tensors a layer's backward reads: its input [T, B, I],
+/// h0 [B, H], outputs [T, B, H] and gate cache [T, B, 4H].
+pub(crate) type ForwardTensors<'a> = (&'a Tensor, &'a Tensor, &'a Tensor, &'a Tensor);
+
 pub(crate) fn layer_backward_cpu<T: Real>(
     layer: &GruLayer,
-    input: &Tensor,
-    h0: &Tensor,
-    ys: &Tensor,
-    cache: &Tensor,
+    (input, h0, ys, cache): ForwardTensors<'_>,
     batch_sizes: &[usize],
     d_out: &Tensor,
     window: Option<usize>,
