@@ -24,7 +24,8 @@
 //!
 //! `GRU_BENCH_DIAG=1` adds `diag/B{b}/...` groups that time pieces of our fused step in
 //! isolation (the recurrent gemm alone, serial and forced-parallel, the input-projection gemm
-//! of a T = 100 sequence, and the gate kernel), to see where a step's time goes.
+//! of a T = 100 sequence, the gate kernel, the per-call buffer allocation and the output
+//! copies of `forward`), to see where a step's time goes.
 //!
 //! Run (release build; the filter argument is criterion's regex over the ids):
 //!
@@ -303,6 +304,35 @@ fn bench_diag(c: &mut Criterion) {
         let par = ours_parallelism(T * b, 3 * H, I);
         g.bench_function(BenchmarkId::new(format!("B{b}"), "gemm_ih_as_ours"), |bn| {
             bn.iter(|| gemm_into(&mut gi, black_box(&x), &w_ih, T * b, 3 * H, I, par))
+        });
+        // The per-call buffers `forward` allocates and zeroes (gi [T·B, 3H], ys [T, B, H]).
+        let bias = vals(3 * H);
+        g.bench_function(
+            BenchmarkId::new(format!("B{b}"), "alloc_zero_buffers"),
+            |bn| {
+                bn.iter(|| {
+                    let mut gi = vec![0f32; T * b * 3 * H];
+                    for row in gi.chunks_exact_mut(3 * H) {
+                        row.copy_from_slice(&bias);
+                    }
+                    let ys = vec![0f32; T * b * H];
+                    black_box((gi, ys))
+                })
+            },
+        );
+        // What `forward` does to the outputs after the time loop: [T, B, H] -> [B, T, H]
+        // (transpose + contiguous), then the un-sort `index_select` (identity here).
+        let ys = rand(&[T, b, H]);
+        let idx = Tensor::from_vec((0..b as u32).collect::<Vec<_>>(), b, &Device::Cpu).unwrap();
+        g.bench_function(BenchmarkId::new(format!("B{b}"), "output_copies"), |bn| {
+            bn.iter(|| {
+                let t = black_box(&ys)
+                    .transpose(0, 1)
+                    .unwrap()
+                    .contiguous()
+                    .unwrap();
+                t.index_select(&idx, 0).unwrap()
+            })
         });
     }
     g.finish();
