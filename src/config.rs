@@ -6,9 +6,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
+use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::engine::EngineConfig;
+use crate::engine::{EngineConfig, TrainingConfig};
 use crate::server::ServerConfig;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -21,6 +21,10 @@ pub enum LogFormat {
 #[derive(Debug, Clone, Parser)]
 #[command(name = "gru-serve", version, about)]
 pub struct Args {
+    /// Without a subcommand: serve.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     /// Address to serve gRPC on.
     #[arg(long, env = "GRU_LISTEN", default_value = "0.0.0.0:50051")]
     pub listen: SocketAddr,
@@ -75,6 +79,34 @@ pub struct Args {
     #[arg(long, env = "GRU_COMPUTE_THREADS", default_value_t = 1)]
     pub compute_threads: usize,
 
+    /// Training jobs that run at once; more wait in a queue.
+    #[arg(long, env = "GRU_TRAINING_JOBS", default_value_t = 1)]
+    pub training_jobs: usize,
+
+    /// Compute threads of each running training job (apart from the serving workers).
+    #[arg(long, env = "GRU_TRAINING_THREADS", default_value_t = 1)]
+    pub training_threads: usize,
+
+    /// Training jobs that may wait; past it StartTraining is RESOURCE_EXHAUSTED.
+    #[arg(long, env = "GRU_TRAINING_QUEUE", default_value_t = 16)]
+    pub training_queue: usize,
+
+    /// Largest training dataset in bytes (4 per value).
+    #[arg(long, env = "GRU_MAX_DATASET_BYTES", default_value_t = 1 << 30)]
+    pub max_dataset_bytes: u64,
+
+    /// Longest training sequence, in steps.
+    #[arg(long, env = "GRU_MAX_TRAIN_SEQUENCE_LEN", default_value_t = 100_000)]
+    pub max_train_sequence_len: usize,
+
+    /// Largest model (parameters) a training job may create.
+    #[arg(long, env = "GRU_MAX_MODEL_PARAMETERS", default_value_t = 50_000_000)]
+    pub max_model_parameters: usize,
+
+    /// OS niceness of training threads (Linux), so serving keeps the CPU it needs.
+    #[arg(long, env = "GRU_TRAINING_NICE", default_value_t = 10)]
+    pub training_nice: i32,
+
     /// Seconds shutdown waits for in-flight requests.
     #[arg(long, env = "GRU_DRAIN_TIMEOUT_SECS", default_value_t = 10)]
     pub drain_timeout_secs: u64,
@@ -86,6 +118,29 @@ pub struct Args {
     /// Log filter (tracing EnvFilter syntax).
     #[arg(long, env = "GRU_LOG", default_value = "info")]
     pub log: String,
+}
+
+/// Subcommands besides serving.
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Asks a running server's grpc.health.v1 service whether it is SERVING;
+    /// exits 0 if so, 1 if not or unreachable (for Docker HEALTHCHECK and
+    /// exec probes).
+    Health {
+        /// Server to ask.
+        #[arg(
+            long,
+            env = "GRU_HEALTH_ADDR",
+            default_value = "http://127.0.0.1:50051"
+        )]
+        addr: String,
+        /// Service name to check ("" = the whole server).
+        #[arg(long, default_value = "")]
+        service: String,
+        /// Seconds to wait for an answer.
+        #[arg(long, default_value_t = 3)]
+        timeout_secs: u64,
+    },
 }
 
 impl Args {
@@ -100,6 +155,16 @@ impl Args {
                 max_steps_per_message: self.max_steps_per_message,
                 max_predict_sequences: self.max_predict_sequences,
                 max_predict_steps: self.max_predict_steps,
+                training: TrainingConfig {
+                    max_concurrent_jobs: self.training_jobs,
+                    threads_per_job: self.training_threads,
+                    max_queued_jobs: self.training_queue,
+                    max_dataset_bytes: self.max_dataset_bytes,
+                    max_sequence_len: self.max_train_sequence_len,
+                    max_model_parameters: self.max_model_parameters,
+                    nice: self.training_nice,
+                    ..TrainingConfig::default()
+                },
             },
             max_message_bytes: self.max_message_bytes,
             max_streams: self.max_streams,

@@ -1,10 +1,36 @@
 //! The gru-serve binary: parse flags, set up logging and threads, serve.
 
 use clap::Parser;
-use gru_serve::config::{Args, LogFormat};
+use gru_serve::config::{Args, Command, LogFormat};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
+    if let Some(Command::Health {
+        addr,
+        service,
+        timeout_secs,
+    }) = &args.command
+    {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let timeout = std::time::Duration::from_secs(*timeout_secs);
+        let code = match runtime.block_on(gru_serve::server::check_health(addr, service, timeout)) {
+            Ok(true) => {
+                println!("SERVING");
+                0
+            }
+            Ok(false) => {
+                println!("NOT_SERVING");
+                1
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                1
+            }
+        };
+        std::process::exit(code);
+    }
     let filter = tracing_subscriber::EnvFilter::try_new(&args.log)?;
     let fmt = tracing_subscriber::fmt().with_env_filter(filter);
     match args.log_format {

@@ -10,6 +10,8 @@ use tonic_health::ServingStatus;
 
 use crate::engine::{Engine, EngineConfig};
 use crate::service::pb::gru_service_server::GruServiceServer;
+use crate::service::pb::training_service_server::TrainingServiceServer;
+use crate::service::training::TrainingServiceImpl;
 use crate::service::{pb, GruServiceImpl};
 
 /// Settings of the server; built from the command line in `config.rs`.
@@ -46,6 +48,9 @@ pub enum ServerError {
 }
 
 const GRU_SERVICE: &str = "gru.v1.GruService";
+const TRAINING_SERVICE: &str = "gru.v1.TrainingService";
+/// Health-checked service names: the whole server ("") and each service.
+const HEALTH_NAMES: [&str; 3] = ["", GRU_SERVICE, TRAINING_SERVICE];
 
 /// Serves until `shutdown` resolves, then stops accepting, ends open streams,
 /// drains in-flight requests (at most `drain_timeout`), and stops the workers.
@@ -68,12 +73,11 @@ pub async fn run_with_engine(
 ) -> Result<(), ServerError> {
     let (health, health_service) = tonic_health::server::health_reporter();
     // NOT_SERVING until the models are loaded.
-    health
-        .set_service_status("", ServingStatus::NotServing)
-        .await;
-    health
-        .set_service_status(GRU_SERVICE, ServingStatus::NotServing)
-        .await;
+    for svc in HEALTH_NAMES {
+        health
+            .set_service_status(svc, ServingStatus::NotServing)
+            .await;
+    }
     let cancel = CancellationToken::new();
     let cell = engine;
 
@@ -99,12 +103,11 @@ pub async fn run_with_engine(
             tracing::warn!("no model loaded; health stays NOT_SERVING");
             return;
         }
-        load_health
-            .set_service_status("", ServingStatus::Serving)
-            .await;
-        load_health
-            .set_service_status(GRU_SERVICE, ServingStatus::Serving)
-            .await;
+        for svc in HEALTH_NAMES {
+            load_health
+                .set_service_status(svc, ServingStatus::Serving)
+                .await;
+        }
         tracing::info!("models loaded; serving");
         // Expire idle sessions in the background (lookups also check lazily).
         let period =
@@ -136,6 +139,10 @@ pub async fn run_with_engine(
     let gru = GruServiceServer::new(service)
         .max_decoding_message_size(config.max_message_bytes)
         .max_encoding_message_size(config.max_message_bytes);
+    let training =
+        TrainingServiceServer::new(TrainingServiceImpl::new(cell.clone(), cancel.clone()))
+            .max_decoding_message_size(config.max_message_bytes)
+            .max_encoding_message_size(config.max_message_bytes);
 
     let addr = listener.local_addr().ok();
     // TCP_NODELAY: a step reply is one small write; with Nagle's algorithm it
@@ -150,10 +157,11 @@ pub async fn run_with_engine(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(gru)
+        .add_service(training)
         .serve_with_incoming_shutdown(incoming, async move {
             shutdown.await;
             tracing::info!("shutting down: no new connections; ending open streams");
-            for svc in ["", GRU_SERVICE] {
+            for svc in HEALTH_NAMES {
                 stop_health
                     .set_service_status(svc, ServingStatus::NotServing)
                     .await;
@@ -183,4 +191,26 @@ pub async fn run_with_engine(
     }
     tracing::info!("stopped");
     result
+}
+
+/// The `gru-serve health` probe: asks `addr`'s grpc.health.v1 Check for
+/// `service` and says whether it answered SERVING. Errors name what failed
+/// (bad address, unreachable, timeout, unknown service).
+pub async fn check_health(addr: &str, service: &str, timeout: Duration) -> Result<bool, String> {
+    use tonic_health::pb::health_check_response::ServingStatus as Wire;
+    let endpoint = tonic::transport::Endpoint::from_shared(addr.to_string())
+        .map_err(|e| format!("address '{addr}': {e}"))?
+        .connect_timeout(timeout)
+        .timeout(timeout);
+    let channel = endpoint
+        .connect()
+        .await
+        .map_err(|e| format!("connect to {addr}: {e}"))?;
+    let reply = tonic_health::pb::health_client::HealthClient::new(channel)
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: service.to_string(),
+        })
+        .await
+        .map_err(|s| format!("health check: {}: {}", s.code(), s.message()))?;
+    Ok(reply.into_inner().status == Wire::Serving as i32)
 }

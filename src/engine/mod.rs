@@ -4,6 +4,7 @@
 pub mod batcher;
 pub mod registry;
 pub mod sessions;
+pub mod training;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -14,6 +15,7 @@ use crate::model::ModelError;
 pub use batcher::StepOutcome;
 pub use registry::{ModelMeta, Registry, ServedModel};
 pub use sessions::{ExportedState, OpenParams, Session, SessionStore};
+pub use training::{Training, TrainingConfig};
 
 /// Errors of the engine. Each names what was wrong and the values involved;
 /// `service` maps each variant to one gRPC code.
@@ -35,6 +37,8 @@ pub enum EngineError {
         idle_secs: u64,
         ttl_secs: u64,
     },
+    #[error("training job '{0}' not found")]
+    JobNotFound(String),
     #[error("{0}")]
     InvalidArgument(String),
     #[error("{0}")]
@@ -55,6 +59,7 @@ impl EngineError {
             EngineError::VersionNotFound { .. } => "version_not_found",
             EngineError::SessionNotFound(_) => "session_not_found",
             EngineError::SessionExpired { .. } => "session_expired",
+            EngineError::JobNotFound(_) => "job_not_found",
             EngineError::InvalidArgument(_) => "invalid_argument",
             EngineError::FailedPrecondition(_) => "failed_precondition",
             EngineError::ResourceExhausted(_) => "resource_exhausted",
@@ -96,6 +101,8 @@ pub struct EngineConfig {
     /// Most sequences in one Predict, and most total steps.
     pub max_predict_sequences: usize,
     pub max_predict_steps: usize,
+    /// Training jobs: threads, queue and limits.
+    pub training: TrainingConfig,
 }
 
 impl Default for EngineConfig {
@@ -109,6 +116,7 @@ impl Default for EngineConfig {
             max_steps_per_message: 4096,
             max_predict_sequences: 4096,
             max_predict_steps: 1 << 22,
+            training: TrainingConfig::default(),
         }
     }
 }
@@ -118,6 +126,7 @@ impl Default for EngineConfig {
 pub struct Engine {
     pub registry: Arc<Registry>,
     pub sessions: Arc<SessionStore>,
+    pub training: Arc<Training>,
     pub config: Arc<EngineConfig>,
 }
 
@@ -127,15 +136,20 @@ impl Engine {
     pub fn load(config: EngineConfig) -> Result<Engine, EngineError> {
         let registry = Arc::new(Registry::load(&config)?);
         let sessions = Arc::new(SessionStore::new(config.max_sessions, config.session_ttl));
+        let training =
+            Training::start(config.training.clone(), &config.model_dir, registry.clone())?;
         Ok(Engine {
             registry,
             sessions,
+            training,
             config: Arc::new(config),
         })
     }
 
-    /// Stops the workers (pending requests get UNAVAILABLE) and joins them.
+    /// Interrupts training jobs, stops the workers (pending requests get
+    /// UNAVAILABLE) and joins them.
     pub fn shutdown(&self) {
+        self.training.shutdown();
         self.registry.shutdown();
     }
 }

@@ -55,10 +55,12 @@ pub struct Registry {
     config: EngineConfig,
 }
 
-fn bad_name(name: &str) -> bool {
-    name.is_empty()
-        || name.starts_with('.')
-        || !name
+/// Model names: non-empty, `[A-Za-z0-9._-]`, not starting with '.' (dot
+/// folders are the server's own: job records, half-written versions).
+pub fn valid_model_name(name: &str) -> bool {
+    !name.is_empty()
+        && !name.starts_with('.')
+        && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
 }
@@ -126,7 +128,7 @@ impl Registry {
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
-            if bad_name(&name) {
+            if !valid_model_name(&name) {
                 if !name.starts_with('.') {
                     tracing::warn!(folder = %path.display(), "skipping model folder: names use [A-Za-z0-9._-]");
                 }

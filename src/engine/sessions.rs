@@ -94,7 +94,7 @@ pub struct SessionStore {
 }
 
 /// 128 random bits from the OS-seeded CSPRNG, hex: unguessable ids.
-fn new_id() -> String {
+pub(crate) fn new_id() -> String {
     format!("{:032x}", rand::random::<u128>())
 }
 

@@ -21,6 +21,8 @@ pub mod pb {
         include_bytes!(concat!(env!("OUT_DIR"), "/gru_descriptor.bin"));
 }
 
+pub mod training;
+
 use pb::gru_service_server::GruService;
 
 impl From<EngineError> for Status {
@@ -30,7 +32,8 @@ impl From<EngineError> for Status {
             EngineError::ModelNotFound(_)
             | EngineError::VersionNotFound { .. }
             | EngineError::SessionNotFound(_)
-            | EngineError::SessionExpired { .. } => Status::not_found(msg),
+            | EngineError::SessionExpired { .. }
+            | EngineError::JobNotFound(_) => Status::not_found(msg),
             EngineError::InvalidArgument(_) => Status::invalid_argument(msg),
             EngineError::FailedPrecondition(_) => Status::failed_precondition(msg),
             EngineError::ResourceExhausted(_) => Status::resource_exhausted(msg),
@@ -75,7 +78,10 @@ fn version_arg(v: u64) -> Option<u64> {
     (v != 0).then_some(v)
 }
 
-fn matrix(what: &str, m: Option<pb::Matrix>) -> Result<(usize, usize, Vec<f32>), Status> {
+pub(crate) fn matrix(
+    what: &str,
+    m: Option<pb::Matrix>,
+) -> Result<(usize, usize, Vec<f32>), Status> {
     let m = m.ok_or_else(|| Status::invalid_argument(format!("{what} is required")))?;
     let (r, c) = (m.rows as usize, m.cols as usize);
     if r.checked_mul(c) != Some(m.values.len()) {

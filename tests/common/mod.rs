@@ -58,3 +58,7 @@ pub fn rand_tensor(shape: &[usize], seed: u64, scale: f64) -> Tensor {
         .collect();
     Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
 }
+
+/// The gRPC test harness (server on port 0, model folders, status checks).
+#[cfg(feature = "grpc")]
+pub mod server;
