@@ -34,6 +34,11 @@ pub struct Args {
     #[arg(long, env = "GRU_MODEL_DIR", default_value = "models")]
     pub model_dir: PathBuf,
 
+    /// Seconds between scans of the model repository for new version
+    /// folders (0 = load only at start). Trained versions appear at once either way.
+    #[arg(long, env = "GRU_MODEL_POLL_SECS", default_value_t = 0)]
+    pub model_poll_secs: u64,
+
     /// Most live sessions; opening past it gets RESOURCE_EXHAUSTED (never an eviction).
     #[arg(long, env = "GRU_MAX_SESSIONS", default_value_t = 100_000)]
     pub max_sessions: usize,
@@ -141,6 +146,30 @@ pub enum Command {
         #[arg(long, default_value_t = 3)]
         timeout_secs: u64,
     },
+    /// Writes a model version of the repository as a PyTorch state dict
+    /// (safetensors: `gru.weight_ih_l0` … for `nn.GRU(batch_first=True)`,
+    /// `head.weight`/`head.bias` for `nn.Linear`) and prints its config as
+    /// JSON. PyTorch's GRU is the after_matmul reset mode.
+    Export {
+        /// Model repository.
+        #[arg(long, env = "GRU_MODEL_DIR", default_value = "models")]
+        model_dir: PathBuf,
+        /// Model name.
+        #[arg(long)]
+        model: String,
+        /// Version (default: the latest).
+        #[arg(long)]
+        version: Option<u64>,
+        /// Output file.
+        #[arg(long)]
+        out: PathBuf,
+        /// Key prefix of the GRU tensors.
+        #[arg(long, default_value = "gru.")]
+        gru_prefix: String,
+        /// Key prefix of the head tensors.
+        #[arg(long, default_value = "head.")]
+        head_prefix: String,
+    },
 }
 
 impl Args {
@@ -148,6 +177,7 @@ impl Args {
         ServerConfig {
             engine: EngineConfig {
                 model_dir: self.model_dir.clone(),
+                model_poll: Duration::from_secs(self.model_poll_secs),
                 max_sessions: self.max_sessions,
                 session_ttl: Duration::from_secs(self.session_ttl_secs),
                 max_batch: self.max_batch,

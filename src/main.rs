@@ -31,6 +31,26 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         };
         std::process::exit(code);
     }
+    if let Some(Command::Export {
+        model_dir,
+        model,
+        version,
+        out,
+        gru_prefix,
+        head_prefix,
+    }) = &args.command
+    {
+        let config = gru_serve::engine::registry::export_pytorch(
+            model_dir,
+            model,
+            *version,
+            out,
+            gru_prefix,
+            head_prefix,
+        )?;
+        println!("{}", serde_json::to_string_pretty(&config)?);
+        return Ok(());
+    }
     let filter = tracing_subscriber::EnvFilter::try_new(&args.log)?;
     let fmt = tracing_subscriber::fmt().with_env_filter(filter);
     match args.log_format {

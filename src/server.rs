@@ -98,21 +98,31 @@ pub async fn run_with_engine(
         };
         let empty = engine.registry.is_empty();
         let sessions = engine.sessions.clone();
+        let registry = engine.registry.clone();
+        let poll = engine.config.model_poll;
         let _ = load_cell.set(engine);
-        if empty {
-            tracing::warn!("no model loaded; health stays NOT_SERVING");
-            return;
+        // SERVING once a model is served: at once, or when a rescan or a
+        // training job publishes the first one.
+        let mut serving = false;
+        if !empty {
+            mark_serving(&load_health).await;
+            serving = true;
+        } else {
+            tracing::warn!(
+                "no model loaded; NOT_SERVING until one is published or found by a rescan"
+            );
         }
-        for svc in HEALTH_NAMES {
-            load_health
-                .set_service_status(svc, ServingStatus::Serving)
-                .await;
-        }
-        tracing::info!("models loaded; serving");
-        // Expire idle sessions in the background (lookups also check lazily).
+        // Expire idle sessions in the background (lookups also check lazily),
+        // and rescan the repository when asked to.
         let period =
             (sessions.ttl() / 4).clamp(Duration::from_millis(100), Duration::from_secs(30));
         let mut tick = tokio::time::interval(period);
+        let mut rescan = tokio::time::interval(if poll.is_zero() {
+            Duration::from_secs(3600)
+        } else {
+            poll
+        });
+        rescan.tick().await;
         loop {
             tokio::select! {
                 _ = load_cancel.cancelled() => break,
@@ -120,6 +130,21 @@ pub async fn run_with_engine(
                     let n = sessions.sweep();
                     if n > 0 {
                         tracing::info!(expired = n, "expired idle sessions");
+                    }
+                    if !serving && !registry.is_empty() {
+                        mark_serving(&load_health).await;
+                        serving = true;
+                    }
+                }
+                _ = rescan.tick(), if !poll.is_zero() => {
+                    let reg = registry.clone();
+                    match tokio::task::spawn_blocking(move || reg.scan()).await {
+                        Ok(Ok(added)) if !added.is_empty() => {
+                            tracing::info!(?added, "rescan loaded new model versions");
+                        }
+                        Ok(Ok(_)) => {}
+                        Ok(Err(e)) => tracing::warn!(error = %e, "rescanning the model repository failed"),
+                        Err(e) => tracing::warn!(error = %e, "rescan task failed"),
                     }
                 }
             }
@@ -193,6 +218,13 @@ pub async fn run_with_engine(
     result
 }
 
+async fn mark_serving(health: &tonic_health::server::HealthReporter) {
+    for svc in HEALTH_NAMES {
+        health.set_service_status(svc, ServingStatus::Serving).await;
+    }
+    tracing::info!("models loaded; serving");
+}
+
 /// The `gru-serve health` probe: asks `addr`'s grpc.health.v1 Check for
 /// `service` and says whether it answered SERVING. Errors name what failed
 /// (bad address, unreachable, timeout, unknown service).
@@ -211,6 +243,6 @@ pub async fn check_health(addr: &str, service: &str, timeout: Duration) -> Resul
             service: service.to_string(),
         })
         .await
-        .map_err(|s| format!("health check: {}: {}", s.code(), s.message()))?;
+        .map_err(|s| format!("health check: {:?}: {}", s.code(), s.message()))?;
     Ok(reply.into_inner().status == Wire::Serving as i32)
 }

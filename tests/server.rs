@@ -1447,3 +1447,91 @@ async fn reflection_lists_the_service() {
     }
     server.stop().await;
 }
+
+/// `gru-serve health` answers from the server's health service, and says
+/// plainly when nothing listens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_probe_reports_serving_and_unreachable() {
+    let repo = small_repo();
+    let server = TestServer::serving(repo.path()).await;
+    let url = format!("http://{}", server.addr);
+    let t = Duration::from_secs(5);
+    assert_eq!(gru_serve::server::check_health(&url, "", t).await, Ok(true));
+    assert_eq!(
+        gru_serve::server::check_health(&url, "gru.v1.TrainingService", t).await,
+        Ok(true)
+    );
+    let unknown = gru_serve::server::check_health(&url, "no.such.Service", t).await;
+    assert!(unknown.unwrap_err().contains("NotFound"));
+    server.stop().await;
+    let gone = gru_serve::server::check_health(&url, "", Duration::from_millis(500)).await;
+    assert!(gone.unwrap_err().contains("connect to"));
+}
+
+/// With `model_poll` set, version folders dropped into the repository are
+/// served without a restart; a broken one is skipped and the rest go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rescans_serve_new_version_folders() {
+    let repo = small_repo();
+    let mut config = config_for(repo.path());
+    config.engine.model_poll = Duration::from_millis(100);
+    let server = TestServer::start(config).await;
+    server.wait_serving().await;
+    let mut c = server.client();
+    std::fs::create_dir_all(repo.path().join("m/3")).unwrap();
+    std::fs::write(repo.path().join("m/3/config.json"), b"{not json").unwrap();
+    write_model(
+        repo.path(),
+        "m",
+        2,
+        ModelConfig::new(3, 8, 2).with_head(2),
+        8,
+    );
+    write_model(repo.path(), "fresh", 1, ModelConfig::new(2, 4, 1), 9);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let models = c
+            .list_models(pb::ListModelsRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .models;
+        let m = models.iter().find(|m| m.name == "m").unwrap();
+        if m.versions == vec![1, 2] && models.iter().any(|m| m.name == "fresh") {
+            break;
+        }
+        assert!(m.versions.len() <= 2, "the broken version 3 was served");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "new folders not served: {models:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Export (the `gru-serve export` subcommand) reads the same folders.
+    let out = repo.path().join("m2.safetensors");
+    let cfg = gru_serve::engine::registry::export_pytorch(
+        repo.path(),
+        "m",
+        Some(2),
+        &out,
+        "gru.",
+        "head.",
+    )
+    .unwrap();
+    assert_eq!(
+        (cfg.input_size, cfg.hidden_size, cfg.output_size),
+        (3, 8, Some(2))
+    );
+    let names = safetensors::SafeTensors::deserialize(&std::fs::read(&out).unwrap())
+        .unwrap()
+        .names()
+        .len();
+    assert_eq!(names, 2 * 4 + 2);
+    let latest =
+        gru_serve::engine::registry::export_pytorch(repo.path(), "m", None, &out, "gru.", "head.");
+    assert!(
+        latest.unwrap_err().contains("m/3"),
+        "the latest folder is the broken one"
+    );
+    server.stop().await;
+}

@@ -88,6 +88,8 @@ impl From<candle_core::Error> for EngineError {
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
     pub model_dir: PathBuf,
+    /// How often to look for new version folders in `model_dir`; zero = only at start.
+    pub model_poll: Duration,
     /// Most live sessions; opening past it is RESOURCE_EXHAUSTED.
     pub max_sessions: usize,
     /// Idle time after which a session expires.
@@ -109,6 +111,7 @@ impl Default for EngineConfig {
     fn default() -> Self {
         EngineConfig {
             model_dir: PathBuf::from("models"),
+            model_poll: Duration::ZERO,
             max_sessions: 100_000,
             session_ttl: Duration::from_secs(600),
             max_batch: 256,

@@ -10,9 +10,10 @@
 //! for imports; the description is shown by GetModel). Versions are positive
 //! integers. A folder that fails to load is skipped with a log line.
 
-use std::collections::BTreeMap;
-use std::path::Path;
-use std::sync::{Arc, RwLock};
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::SystemTime;
 
 use candle_core::Device;
 use serde::Deserialize;
@@ -53,6 +54,12 @@ pub struct ServedModel {
 pub struct Registry {
     models: RwLock<BTreeMap<String, BTreeMap<u64, Arc<ServedModel>>>>,
     config: EngineConfig,
+    /// Held by a scan and by a publication's rename + insert, so a scan
+    /// never loads a version that is being published.
+    changing: Mutex<()>,
+    /// Version folders that failed to load, with their newest mtime: a
+    /// rescan retries them only once they change.
+    failed: Mutex<HashMap<PathBuf, Option<SystemTime>>>,
 }
 
 /// Model names: non-empty, `[A-Za-z0-9._-]`, not starting with '.' (dot
@@ -112,17 +119,46 @@ pub fn load_version_dir(dir: &Path, device: &Device) -> Result<(GruModel, ModelM
     ))
 }
 
+/// The newest modification time of a folder and the files in it: changes
+/// when files are added, replaced or rewritten.
+fn newest_mtime(dir: &Path) -> Option<SystemTime> {
+    let own = std::fs::metadata(dir).and_then(|m| m.modified()).ok();
+    std::fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .filter_map(|e| e.metadata().and_then(|m| m.modified()).ok())
+        .chain(own)
+        .max()
+}
+
 impl Registry {
     pub fn load(config: &EngineConfig) -> Result<Registry, EngineError> {
         let reg = Registry {
             models: RwLock::new(BTreeMap::new()),
             config: config.clone(),
+            changing: Mutex::new(()),
+            failed: Mutex::new(HashMap::new()),
         };
-        let dir = &config.model_dir;
+        reg.scan()?;
+        Ok(reg)
+    }
+
+    /// Guards a change of the repository on disk that ends in an insert
+    /// (see `changing`).
+    pub fn change_guard(&self) -> MutexGuard<'_, ()> {
+        self.changing.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Loads every version folder not served yet (at start, and on each
+    /// `--model-poll-secs` tick). Returns the (name, version)s it added.
+    pub fn scan(&self) -> Result<Vec<(String, u64)>, EngineError> {
+        let _guard = self.change_guard();
+        let dir = &self.config.model_dir;
         let entries = std::fs::read_dir(dir)
             .map_err(|e| EngineError::Unavailable(format!("model dir {}: {e}", dir.display())))?;
         let mut names: Vec<_> = entries.flatten().map(|e| e.path()).collect();
         names.sort();
+        let mut added = Vec::new();
         for path in names.into_iter().filter(|p| p.is_dir()) {
             let name = path
                 .file_name()
@@ -138,6 +174,7 @@ impl Registry {
                 tracing::warn!(folder = %path.display(), "skipping unreadable model folder");
                 continue;
             };
+            let served = self.versions(&name);
             for v in versions.flatten().map(|e| e.path()).filter(|p| p.is_dir()) {
                 let vname = v
                     .file_name()
@@ -153,6 +190,16 @@ impl Registry {
                         continue;
                     }
                 };
+                if served.contains(&version) {
+                    continue;
+                }
+                let stamp = newest_mtime(&v);
+                {
+                    let failed = self.failed.lock().unwrap_or_else(|p| p.into_inner());
+                    if failed.get(&v) == Some(&stamp) {
+                        continue;
+                    }
+                }
                 match load_version_dir(&v, &Device::Cpu) {
                     Ok((model, meta)) => {
                         let c = model.config();
@@ -161,15 +208,24 @@ impl Registry {
                             input = c.input_size, hidden = c.hidden_size, layers = c.num_layers,
                             reset_mode = c.reset_mode.as_str(), "loaded model"
                         );
-                        reg.insert(&name, version, model, meta)?;
+                        self.insert(&name, version, model, meta)?;
+                        self.failed
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .remove(&v);
+                        added.push((name.clone(), version));
                     }
                     Err(e) => {
                         tracing::warn!(model = %name, version, folder = %v.display(), error = %e, "skipping model version that failed to load");
+                        self.failed
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .insert(v.clone(), stamp);
                     }
                 }
             }
         }
-        Ok(reg)
+        Ok(added)
     }
 
     /// Starts a worker for the model and serves it under (name, version).
@@ -259,4 +315,38 @@ impl Registry {
             }
         }
     }
+}
+
+/// `gru-serve export`: loads `<model_dir>/<name>/<version or latest>/` and
+/// writes it as a PyTorch state dict; returns the model's config.
+pub fn export_pytorch(
+    model_dir: &Path,
+    name: &str,
+    version: Option<u64>,
+    out: &Path,
+    gru_prefix: &str,
+    head_prefix: &str,
+) -> Result<crate::model::ModelConfig, String> {
+    let root = model_dir.join(name);
+    let version = match version {
+        Some(v) => v,
+        None => std::fs::read_dir(&root)
+            .map_err(|e| format!("model '{name}': {}: {e}", root.display()))?
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<u64>().ok())
+            .filter(|&v| v > 0)
+            .max()
+            .ok_or_else(|| {
+                format!(
+                    "model '{name}' has no version folders in {}",
+                    root.display()
+                )
+            })?,
+    };
+    let dir = root.join(version.to_string());
+    let (model, _) =
+        load_version_dir(&dir, &Device::Cpu).map_err(|e| format!("{}: {e}", dir.display()))?;
+    weights::export_pytorch(&model, out, gru_prefix, head_prefix)
+        .map_err(|e| format!("export to {}: {e}", out.display()))?;
+    Ok(model.config().clone())
 }

@@ -252,8 +252,6 @@ pub struct Training {
     jobs: Mutex<BTreeMap<(i64, String), Arc<Job>>>,
     queue: Mutex<Queue>,
     wake: Condvar,
-    /// One publication at a time: version numbers are chosen under it.
-    publishing: Mutex<()>,
     runners: Mutex<Vec<std::thread::JoinHandle<()>>>,
 }
 
@@ -281,7 +279,6 @@ impl Training {
                 stopping: false,
             }),
             wake: Condvar::new(),
-            publishing: Mutex::new(()),
             runners: Mutex::new(Vec::new()),
         });
         training.reload_records();
@@ -711,7 +708,9 @@ impl Training {
         model: &GruModel,
         description: &str,
     ) -> Result<u64, String> {
-        let _one_at_a_time = lock(&self.publishing);
+        // One change of the repository at a time (publications, rescans):
+        // the version number is chosen, written and served under it.
+        let _one_at_a_time = self.registry.change_guard();
         let root = self.model_dir.join(name);
         if !root.exists() {
             std::fs::create_dir_all(&root).map_err(|e| format!("{}: {e}", root.display()))?;
