@@ -29,6 +29,10 @@ pub struct Args {
     #[arg(long, env = "GRU_LISTEN", default_value = "0.0.0.0:50051")]
     pub listen: SocketAddr,
 
+    /// Address of the Prometheus /metrics HTTP endpoint; "off" disables it.
+    #[arg(long, env = "GRU_METRICS_LISTEN", default_value = "0.0.0.0:9090", value_parser = parse_listen)]
+    pub metrics_listen: String,
+
     /// Model repository: <dir>/<name>/<version>/ holding a native model,
     /// pytorch.safetensors or model.onnx.
     #[arg(long, env = "GRU_MODEL_DIR", default_value = "models")]
@@ -172,7 +176,25 @@ pub enum Command {
     },
 }
 
+/// "off" or a socket address.
+fn parse_listen(s: &str) -> Result<String, String> {
+    if s == "off" || s.parse::<SocketAddr>().is_ok() {
+        Ok(s.to_string())
+    } else {
+        Err(format!(
+            "'{s}' is neither \"off\" nor an address like 0.0.0.0:9090"
+        ))
+    }
+}
+
 impl Args {
+    fn metrics_addr(&self) -> Option<SocketAddr> {
+        match self.metrics_listen.as_str() {
+            "off" => None,
+            a => a.parse().ok(),
+        }
+    }
+
     pub fn server_config(&self) -> ServerConfig {
         ServerConfig {
             engine: EngineConfig {
@@ -199,6 +221,7 @@ impl Args {
             max_message_bytes: self.max_message_bytes,
             max_streams: self.max_streams,
             drain_timeout: Duration::from_secs(self.drain_timeout_secs),
+            metrics_listen: self.metrics_addr(),
         }
     }
 }

@@ -15,6 +15,8 @@ pub mod config;
 #[cfg(feature = "grpc")]
 pub mod engine;
 #[cfg(feature = "grpc")]
+pub mod metrics;
+#[cfg(feature = "grpc")]
 pub mod server;
 #[cfg(feature = "grpc")]
 pub mod service;

@@ -24,6 +24,8 @@ pub struct ServerConfig {
     pub max_streams: usize,
     /// How long shutdown waits for in-flight requests before giving up.
     pub drain_timeout: Duration,
+    /// Where to serve Prometheus `/metrics` over HTTP; None = not served.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 impl Default for ServerConfig {
@@ -33,6 +35,7 @@ impl Default for ServerConfig {
             max_message_bytes: 64 << 20,
             max_streams: 4096,
             drain_timeout: Duration::from_secs(10),
+            metrics_listen: None,
         }
     }
 }
@@ -45,6 +48,8 @@ pub enum ServerError {
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("{0}")]
     Engine(#[from] crate::engine::EngineError),
+    #[error("metrics: {0}")]
+    Metrics(String),
 }
 
 const GRU_SERVICE: &str = "gru.v1.GruService";
@@ -71,6 +76,14 @@ pub async fn run_with_engine(
     shutdown: impl Future<Output = ()> + Send + 'static,
     engine: Arc<OnceLock<Engine>>,
 ) -> Result<(), ServerError> {
+    let cancel = CancellationToken::new();
+    if let Some(addr) = config.metrics_listen {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|e| ServerError::Metrics(format!("bind {addr}: {e}")))?;
+        tracing::info!(addr = ?listener.local_addr().ok(), "serving Prometheus metrics at /metrics");
+        tokio::spawn(crate::metrics::serve(listener, cancel.clone()));
+    }
     let (health, health_service) = tonic_health::server::health_reporter();
     // NOT_SERVING until the models are loaded.
     for svc in HEALTH_NAMES {
@@ -78,10 +91,10 @@ pub async fn run_with_engine(
             .set_service_status(svc, ServingStatus::NotServing)
             .await;
     }
-    let cancel = CancellationToken::new();
     let cell = engine;
 
     let engine_config = config.engine.clone();
+    let config_metrics = config.metrics_listen.is_some();
     let (load_cell, load_health, load_cancel) = (cell.clone(), health.clone(), cancel.clone());
     let loader = tokio::spawn(async move {
         let loaded = tokio::task::spawn_blocking(move || Engine::load(engine_config)).await;
@@ -100,6 +113,12 @@ pub async fn run_with_engine(
         let sessions = engine.sessions.clone();
         let registry = engine.registry.clone();
         let poll = engine.config.model_poll;
+        if config_metrics {
+            tokio::spawn(crate::metrics::refresh_gauges(
+                engine.clone(),
+                load_cancel.clone(),
+            ));
+        }
         let _ = load_cell.set(engine);
         // SERVING once a model is served: at once, or when a rescan or a
         // training job publishes the first one.
@@ -178,6 +197,7 @@ pub async fn run_with_engine(
     let stop_cancel = cancel.clone();
     let mut stop_health = health.clone();
     let server = tonic::transport::Server::builder()
+        .layer(crate::metrics::RpcMetricsLayer)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

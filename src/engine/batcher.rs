@@ -56,6 +56,8 @@ pub struct WorkerStats {
     pub batches: AtomicU64,
     pub session_steps: AtomicU64,
     pub batch_size_hist: [AtomicU64; BATCH_BUCKETS],
+    /// Step messages queued and not yet taken into a batch.
+    pub queued: AtomicU64,
 }
 
 impl WorkerStats {
@@ -64,6 +66,7 @@ impl WorkerStats {
         self.session_steps.fetch_add(size as u64, Ordering::Relaxed);
         let b = (usize::BITS - 1 - size.max(1).leading_zeros()) as usize;
         self.batch_size_hist[b.min(BATCH_BUCKETS - 1)].fetch_add(1, Ordering::Relaxed);
+        metrics::histogram!("gru_batch_sessions").record(size as f64);
     }
 }
 
@@ -106,13 +109,18 @@ impl Worker {
                 "the server is shutting down".into(),
             ));
         };
-        tx.try_send(job).map_err(|e| match e {
-            TrySendError::Full(_) => EngineError::ResourceExhausted(format!(
-                "model '{}' has {} requests queued (the limit); retry later",
-                self.name, self.capacity
-            )),
-            TrySendError::Disconnected(_) => {
-                EngineError::Unavailable("the model worker has stopped".into())
+        // Counted before the send, so the worker's decrement never comes first.
+        self.stats.queued.fetch_add(1, Ordering::Relaxed);
+        tx.try_send(job).map_err(|e| {
+            self.stats.queued.fetch_sub(1, Ordering::Relaxed);
+            match e {
+                TrySendError::Full(_) => EngineError::ResourceExhausted(format!(
+                    "model '{}' has {} requests queued (the limit); retry later",
+                    self.name, self.capacity
+                )),
+                TrySendError::Disconnected(_) => {
+                    EngineError::Unavailable("the model worker has stopped".into())
+                }
             }
         })
     }
@@ -164,6 +172,9 @@ fn run(rx: Receiver<StepJob>, model: &GruModel, max_batch: usize, stats: &Worker
             }
         }
         pending = rest;
+        stats
+            .queued
+            .fetch_sub(batch.len() as u64, Ordering::Relaxed);
         run_batch(model, batch, stats);
     }
 }

@@ -293,6 +293,17 @@ impl Registry {
             .collect()
     }
 
+    /// Every served version of every model.
+    pub fn all(&self) -> Vec<Arc<ServedModel>> {
+        let Ok(models) = self.models.read() else {
+            return Vec::new();
+        };
+        models
+            .values()
+            .flat_map(|vs| vs.values().cloned())
+            .collect()
+    }
+
     pub fn versions(&self, name: &str) -> Vec<u64> {
         self.models
             .read()

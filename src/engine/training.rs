@@ -558,6 +558,13 @@ impl Training {
             s.clone()
         };
         *lock(&job.input) = None;
+        let outcome = match state {
+            JobState::Succeeded => "succeeded",
+            JobState::Failed => "failed",
+            JobState::Cancelled => "cancelled",
+            _ => "interrupted",
+        };
+        metrics::counter!("gru_training_jobs_finished_total", "outcome" => outcome).increment(1);
         self.persist(&status);
         job.notify();
         tracing::info!(job = %status.job_id, state = ?status.state, error = %status.error, "training job ended");
@@ -658,6 +665,9 @@ impl Training {
             }
             drop(events);
             lock(&job.status).progress = Some(event);
+            if !p.epoch_done {
+                metrics::counter!("gru_training_batches_total").increment(1);
+            }
             job.notify();
         };
         let outcome = train(

@@ -189,9 +189,12 @@ async fn step_finish(s: SubmittedStep) -> Result<pb::StepResponse, Status> {
     let (l, h) = (c.num_layers, c.hidden_size);
     let (span, started) = (s.span.clone(), s.started);
     let reply = s.pending.wait().instrument(span.clone()).await?;
+    let elapsed = started.elapsed();
+    metrics::histogram!("gru_step_latency_seconds").record(elapsed.as_secs_f64());
+    metrics::counter!("gru_steps_total").increment(s.k as u64);
     tracing::debug!(
         parent: &span,
-        elapsed_us = started.elapsed().as_micros() as u64,
+        elapsed_us = elapsed.as_micros() as u64,
         replayed = reply.replayed,
         "step done"
     );
@@ -387,14 +390,16 @@ impl GruService for GruServiceImpl {
                                 Ok(s) => step_finish(s).await,
                                 Err(e) => Err(e),
                             };
-                            r.unwrap_or_else(|s| pb::StepResponse {
+                            r.unwrap_or_else(|s| {
+                                metrics::counter!("gru_stream_message_errors_total", "code" => format!("{:?}", s.code())).increment(1);
+                                pb::StepResponse {
                                 session_id: id,
                                 request_id: rid,
                                 result: Some(pb::step_response::Result::Error(pb::StepError {
                                     code: s.code() as i32,
                                     message: s.message().to_string(),
                                 })),
-                            })
+                            }})
                         });
                         if order_tx.send(Item::Reply(h)).await.is_err() {
                             break;
