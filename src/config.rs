@@ -43,6 +43,10 @@ pub struct Args {
     #[arg(long, env = "GRU_MODEL_POLL_SECS", default_value_t = 0)]
     pub model_poll_secs: u64,
 
+    /// Compute device: cpu, cuda or cuda:N (CUDA needs a build with `--features cuda`).
+    #[arg(long, env = "GRU_DEVICE", default_value = "cpu")]
+    pub device: String,
+
     /// Most live sessions; opening past it gets RESOURCE_EXHAUSTED (never an eviction).
     #[arg(long, env = "GRU_MAX_SESSIONS", default_value_t = 100_000)]
     pub max_sessions: usize,
@@ -78,6 +82,27 @@ pub struct Args {
     /// Most concurrently open StepStream streams.
     #[arg(long, env = "GRU_MAX_STREAMS", default_value_t = 4096)]
     pub max_streams: usize,
+
+    /// Seconds a StepStream may go without a message before it is ended (sessions stay).
+    #[arg(long, env = "GRU_STREAM_IDLE_TIMEOUT_SECS", default_value_t = 300)]
+    pub stream_idle_timeout_secs: u64,
+
+    /// Deadline of a unary RPC (and of a stream's opening), seconds; 0 = none.
+    #[arg(long, env = "GRU_REQUEST_TIMEOUT_SECS", default_value_t = 120)]
+    pub request_timeout_secs: u64,
+
+    /// Requests (HTTP/2 streams) one connection may have open at once.
+    #[arg(long, env = "GRU_MAX_STREAMS_PER_CONNECTION", default_value_t = 1024)]
+    pub max_streams_per_connection: u32,
+
+    /// Seconds between HTTP/2 keepalive pings (0 = none); a ping unanswered
+    /// for --http2-keepalive-timeout-secs closes the connection.
+    #[arg(long, env = "GRU_HTTP2_KEEPALIVE_SECS", default_value_t = 30)]
+    pub http2_keepalive_secs: u64,
+
+    /// Seconds to wait for a keepalive ping's acknowledgement.
+    #[arg(long, env = "GRU_HTTP2_KEEPALIVE_TIMEOUT_SECS", default_value_t = 10)]
+    pub http2_keepalive_timeout_secs: u64,
 
     /// Threads for the async runtime (network I/O). Compute runs elsewhere.
     #[arg(long, env = "GRU_RUNTIME_THREADS", default_value_t = 1)]
@@ -176,6 +201,27 @@ pub enum Command {
     },
 }
 
+/// `cpu`, `cuda` (= `cuda:0`) or `cuda:N`, opened.
+pub fn open_device(spec: &str) -> Result<candle_core::Device, String> {
+    let ordinal = match spec {
+        "cpu" => return Ok(candle_core::Device::Cpu),
+        "cuda" => 0,
+        s => match s
+            .strip_prefix("cuda:")
+            .and_then(|n| n.parse::<usize>().ok())
+        {
+            Some(n) => n,
+            None => return Err(format!("--device '{spec}': expected cpu, cuda or cuda:N")),
+        },
+    };
+    if !candle_core::utils::cuda_is_available() {
+        return Err(format!(
+            "--device {spec}: this build has no CUDA support; rebuild with `--features cuda` (or use --device cpu)"
+        ));
+    }
+    candle_core::Device::new_cuda(ordinal).map_err(|e| format!("--device {spec}: {e}"))
+}
+
 /// "off" or a socket address.
 fn parse_listen(s: &str) -> Result<String, String> {
     if s == "off" || s.parse::<SocketAddr>().is_ok() {
@@ -195,10 +241,12 @@ impl Args {
         }
     }
 
-    pub fn server_config(&self) -> ServerConfig {
-        ServerConfig {
+    /// The server's settings; fails (naming the flag) when a device cannot be opened.
+    pub fn server_config(&self) -> Result<ServerConfig, String> {
+        Ok(ServerConfig {
             engine: EngineConfig {
                 model_dir: self.model_dir.clone(),
+                device: open_device(&self.device)?,
                 model_poll: Duration::from_secs(self.model_poll_secs),
                 max_sessions: self.max_sessions,
                 session_ttl: Duration::from_secs(self.session_ttl_secs),
@@ -222,6 +270,42 @@ impl Args {
             max_streams: self.max_streams,
             drain_timeout: Duration::from_secs(self.drain_timeout_secs),
             metrics_listen: self.metrics_addr(),
+            stream_idle_timeout: Duration::from_secs(self.stream_idle_timeout_secs.max(1)),
+            request_timeout: (self.request_timeout_secs > 0)
+                .then(|| Duration::from_secs(self.request_timeout_secs)),
+            max_concurrent_streams_per_connection: self.max_streams_per_connection.max(1),
+            http2_keepalive_interval: (self.http2_keepalive_secs > 0)
+                .then(|| Duration::from_secs(self.http2_keepalive_secs)),
+            http2_keepalive_timeout: Duration::from_secs(self.http2_keepalive_timeout_secs),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn devices_parse_and_cuda_needs_the_feature() {
+        assert!(matches!(open_device("cpu"), Ok(candle_core::Device::Cpu)));
+        let bad = open_device("gpu").unwrap_err();
+        assert!(bad.contains("expected cpu, cuda or cuda:N"), "{bad}");
+        assert!(open_device("cuda:x").is_err());
+        #[cfg(not(feature = "cuda"))]
+        for spec in ["cuda", "cuda:1"] {
+            let e = open_device(spec).unwrap_err();
+            assert!(e.contains("--features cuda"), "{e}");
         }
+    }
+
+    #[test]
+    fn defaults_build_a_config_and_bad_flags_are_refused() {
+        let args = Args::try_parse_from(["gru-serve"]).unwrap();
+        let c = args.server_config().unwrap();
+        assert_eq!(c.metrics_listen, Some("0.0.0.0:9090".parse().unwrap()));
+        assert_eq!(c.engine.training.max_concurrent_jobs, 1);
+        let off = Args::try_parse_from(["gru-serve", "--metrics-listen", "off"]).unwrap();
+        assert_eq!(off.server_config().unwrap().metrics_listen, None);
+        assert!(Args::try_parse_from(["gru-serve", "--metrics-listen", "nine"]).is_err());
     }
 }

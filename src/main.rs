@@ -57,6 +57,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         LogFormat::Json => fmt.json().init(),
         LogFormat::Text => fmt.init(),
     }
+    let config = args.server_config().unwrap_or_else(|e| {
+        eprintln!("gru-serve: {e}");
+        std::process::exit(2);
+    });
     gru_serve::init_compute_threads(args.compute_threads);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(args.runtime_threads.max(1))
@@ -64,7 +68,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build()?;
     runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind(args.listen).await?;
-        gru_serve::server::run(args.server_config(), listener, shutdown_signal()).await?;
+        gru_serve::server::run(config, listener, shutdown_signal()).await?;
         Ok(())
     })
 }

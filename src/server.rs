@@ -24,6 +24,15 @@ pub struct ServerConfig {
     pub max_streams: usize,
     /// How long shutdown waits for in-flight requests before giving up.
     pub drain_timeout: Duration,
+    /// A StepStream with no message for this long is ended.
+    pub stream_idle_timeout: Duration,
+    /// Whole-request deadline (unary RPCs; a stream's opening); None = none.
+    pub request_timeout: Option<Duration>,
+    /// Requests one connection may have in flight (HTTP/2 streams).
+    pub max_concurrent_streams_per_connection: u32,
+    /// HTTP/2 keepalive pings: interval, and how long to wait for the ack.
+    pub http2_keepalive_interval: Option<Duration>,
+    pub http2_keepalive_timeout: Duration,
     /// Where to serve Prometheus `/metrics` over HTTP; None = not served.
     pub metrics_listen: Option<std::net::SocketAddr>,
 }
@@ -35,6 +44,11 @@ impl Default for ServerConfig {
             max_message_bytes: 64 << 20,
             max_streams: 4096,
             drain_timeout: Duration::from_secs(10),
+            stream_idle_timeout: Duration::from_secs(300),
+            request_timeout: Some(Duration::from_secs(120)),
+            max_concurrent_streams_per_connection: 1024,
+            http2_keepalive_interval: Some(Duration::from_secs(30)),
+            http2_keepalive_timeout: Duration::from_secs(10),
             metrics_listen: None,
         }
     }
@@ -179,7 +193,12 @@ pub async fn run_with_engine(
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
-    let service = GruServiceImpl::new(cell.clone(), cancel.clone(), config.max_streams);
+    let service = GruServiceImpl::new(
+        cell.clone(),
+        cancel.clone(),
+        config.max_streams,
+        config.stream_idle_timeout,
+    );
     let gru = GruServiceServer::new(service)
         .max_decoding_message_size(config.max_message_bytes)
         .max_encoding_message_size(config.max_message_bytes);
@@ -196,7 +215,15 @@ pub async fn run_with_engine(
     tracing::info!(?addr, "listening");
     let stop_cancel = cancel.clone();
     let mut stop_health = health.clone();
-    let server = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder()
+        .max_concurrent_streams(config.max_concurrent_streams_per_connection)
+        .http2_keepalive_interval(config.http2_keepalive_interval)
+        .http2_keepalive_timeout(Some(config.http2_keepalive_timeout))
+        .tcp_keepalive(Some(Duration::from_secs(60)));
+    if let Some(t) = config.request_timeout {
+        builder = builder.timeout(t);
+    }
+    let server = builder
         .layer(crate::metrics::RpcMetricsLayer)
         .add_service(health_service)
         .add_service(reflection_v1)

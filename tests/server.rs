@@ -1643,3 +1643,45 @@ async fn metrics_move_with_traffic() {
     assert!(status.contains("404"), "{status}");
     server.stop().await;
 }
+
+/// A StepStream that goes quiet for longer than the idle timeout is ended
+/// with DEADLINE_EXCEEDED; its sessions live on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_streams_are_ended_and_sessions_survive() {
+    let repo = small_repo();
+    let mut config = config_for(repo.path());
+    config.stream_idle_timeout = Duration::from_millis(300);
+    let server = TestServer::start(config).await;
+    server.wait_serving().await;
+    let mut c = server.client();
+    let id = open(&mut c, None).await;
+    let (tx, rx) = mpsc::channel(4);
+    let mut replies = c
+        .step_stream(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    tx.send(step_req(&id, &rand_vec(I, 1), 1)).await.unwrap();
+    assert_eq!(ok_result(&reply(&mut replies).await).next_step, 1);
+    let end = next_reply(&mut replies)
+        .await
+        .expect_err("the stream should end");
+    assert_status(
+        "idle stream",
+        &end,
+        Code::DeadlineExceeded,
+        &["idle timeout"],
+    );
+    let r = c
+        .step(step_req(&id, &rand_vec(I, 2), 2))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        ok_result(&r).next_step,
+        2,
+        "the session outlived its stream"
+    );
+    drop(tx);
+    server.stop().await;
+}

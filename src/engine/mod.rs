@@ -88,6 +88,8 @@ impl From<candle_core::Error> for EngineError {
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
     pub model_dir: PathBuf,
+    /// Where models live and compute: CPU, or a CUDA device (`cuda` feature).
+    pub device: candle_core::Device,
     /// How often to look for new version folders in `model_dir`; zero = only at start.
     pub model_poll: Duration,
     /// Most live sessions; opening past it is RESOURCE_EXHAUSTED.
@@ -111,6 +113,7 @@ impl Default for EngineConfig {
     fn default() -> Self {
         EngineConfig {
             model_dir: PathBuf::from("models"),
+            device: candle_core::Device::Cpu,
             model_poll: Duration::ZERO,
             max_sessions: 100_000,
             session_ttl: Duration::from_secs(600),

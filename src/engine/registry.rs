@@ -200,7 +200,7 @@ impl Registry {
                         continue;
                     }
                 }
-                match load_version_dir(&v, &Device::Cpu) {
+                match load_version_dir(&v, &self.config.device) {
                     Ok((model, meta)) => {
                         let c = model.config();
                         tracing::info!(
@@ -291,6 +291,10 @@ impl Registry {
                 Some((latest, vs.keys().copied().collect()))
             })
             .collect()
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.config.device
     }
 
     /// Every served version of every model.

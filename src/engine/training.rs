@@ -25,7 +25,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use candle_core::Device;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
@@ -426,7 +425,7 @@ impl Training {
                 config,
                 description,
             } => (
-                GruModel::init(config, req.hyperparameters.seed, &Device::Cpu)?,
+                GruModel::init(config, req.hyperparameters.seed, self.registry.device())?,
                 0,
                 description,
             ),
@@ -763,7 +762,7 @@ impl Training {
         })?;
         sync_dir(&root)?;
         // Serve what is on disk, so a restart serves the very same weights.
-        let (loaded, meta) = load_version_dir(&dir, &Device::Cpu)?;
+        let (loaded, meta) = load_version_dir(&dir, self.registry.device())?;
         self.registry
             .insert(name, version, loaded, meta)
             .map_err(|e| e.to_string())?;

@@ -52,6 +52,8 @@ pub struct GruServiceImpl {
     engine: Arc<OnceLock<Engine>>,
     shutdown: CancellationToken,
     streams: Arc<Semaphore>,
+    /// A StepStream with no message for this long is ended (its sessions stay).
+    stream_idle_timeout: std::time::Duration,
 }
 
 impl GruServiceImpl {
@@ -59,11 +61,13 @@ impl GruServiceImpl {
         engine: Arc<OnceLock<Engine>>,
         shutdown: CancellationToken,
         max_streams: usize,
+        stream_idle_timeout: std::time::Duration,
     ) -> Self {
         GruServiceImpl {
             engine,
             shutdown,
             streams: Arc::new(Semaphore::new(max_streams)),
+            stream_idle_timeout,
         }
     }
 
@@ -369,6 +373,7 @@ impl GruService for GruServiceImpl {
         }
         let (order_tx, mut order_rx) = mpsc::channel::<Item>(STREAM_MAX_IN_FLIGHT);
         let reader_cancel = cancel.clone();
+        let idle = self.stream_idle_timeout;
         tokio::spawn(async move {
             loop {
                 let msg = tokio::select! {
@@ -376,7 +381,16 @@ impl GruService for GruServiceImpl {
                         let _ = order_tx.send(Item::End(Status::unavailable("the server is shutting down"))).await;
                         break;
                     }
-                    m = inbound.message() => m,
+                    m = tokio::time::timeout(idle, inbound.message()) => match m {
+                        Ok(m) => m,
+                        Err(_) => {
+                            let _ = order_tx.send(Item::End(Status::deadline_exceeded(format!(
+                                "no message for {} s (the stream idle timeout); sessions live on, reopen the stream",
+                                idle.as_secs()
+                            )))).await;
+                            break;
+                        }
+                    },
                 };
                 match msg {
                     Ok(Some(m)) => {
