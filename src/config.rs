@@ -1,6 +1,7 @@
 //! Command-line configuration. Every flag has a `GRU_*` environment twin and
 //! a default; `gru-serve --help` is the reference the README quotes. Nothing
-//! else in the program reads the environment.
+//! else in the program reads the environment (`GRU_AUTH_TOKENS` is read here
+//! too, never shown by `--help`: it holds secrets).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -8,8 +9,9 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+use crate::auth::Auth;
 use crate::engine::{EngineConfig, TrainingConfig};
-use crate::server::ServerConfig;
+use crate::server::{ServerConfig, TlsFiles};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -145,6 +147,23 @@ pub struct Args {
     #[arg(long, env = "GRU_DRAIN_TIMEOUT_SECS", default_value_t = 10)]
     pub drain_timeout_secs: u64,
 
+    /// TLS certificate chain (PEM) for the gRPC port; with --tls-key turns TLS on.
+    #[arg(long, env = "GRU_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// TLS private key (PEM).
+    #[arg(long, env = "GRU_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// CA (PEM) that client certificates must chain to; set = mutual TLS required.
+    #[arg(long, env = "GRU_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+
+    /// Bearer tokens, one `NAME TOKEN [admin]` per line; set = authentication
+    /// on (also GRU_AUTH_TOKENS, `;`-separated). Training needs an admin token.
+    #[arg(long, env = "GRU_AUTH_TOKENS_FILE")]
+    pub auth_tokens_file: Option<PathBuf>,
+
     /// Log format.
     #[arg(long, env = "GRU_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -174,6 +193,17 @@ pub enum Command {
         /// Seconds to wait for an answer.
         #[arg(long, default_value_t = 3)]
         timeout_secs: u64,
+        /// CA (PEM) to verify the server's certificate: set = connect with TLS.
+        #[arg(long, env = "GRU_HEALTH_CA")]
+        ca: Option<PathBuf>,
+        /// Name the server's certificate must carry (default: the address' host).
+        #[arg(long, env = "GRU_HEALTH_TLS_DOMAIN")]
+        tls_domain: Option<String>,
+        /// Client certificate and key (PEM) when the server requires mutual TLS.
+        #[arg(long, env = "GRU_HEALTH_CLIENT_CERT", requires = "client_key")]
+        client_cert: Option<PathBuf>,
+        #[arg(long, env = "GRU_HEALTH_CLIENT_KEY", requires = "client_cert")]
+        client_key: Option<PathBuf>,
     },
     /// Writes a model version of the repository as a PyTorch state dict
     /// (safetensors: `gru.weight_ih_l0` … for `nn.GRU(batch_first=True)`,
@@ -270,6 +300,18 @@ impl Args {
             max_streams: self.max_streams,
             drain_timeout: Duration::from_secs(self.drain_timeout_secs),
             metrics_listen: self.metrics_addr(),
+            tls: match (&self.tls_cert, &self.tls_key) {
+                (Some(cert), Some(key)) => Some(TlsFiles {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                    client_ca: self.tls_client_ca.clone(),
+                }),
+                _ => None,
+            },
+            auth: Auth::load(
+                self.auth_tokens_file.as_deref(),
+                std::env::var("GRU_AUTH_TOKENS").ok().as_deref(),
+            )?,
             stream_idle_timeout: Duration::from_secs(self.stream_idle_timeout_secs.max(1)),
             request_timeout: (self.request_timeout_secs > 0)
                 .then(|| Duration::from_secs(self.request_timeout_secs)),

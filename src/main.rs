@@ -9,13 +9,27 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         addr,
         service,
         timeout_secs,
+        ca,
+        tls_domain,
+        client_cert,
+        client_key,
     }) = &args.command
     {
+        let tls = ca.as_ref().map(|ca| gru_serve::server::ProbeTls {
+            ca: ca.clone(),
+            domain: tls_domain.clone(),
+            client: client_cert.clone().zip(client_key.clone()),
+        });
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
         let timeout = std::time::Duration::from_secs(*timeout_secs);
-        let code = match runtime.block_on(gru_serve::server::check_health(addr, service, timeout)) {
+        let code = match runtime.block_on(gru_serve::server::check_health(
+            addr,
+            service,
+            timeout,
+            tls.as_ref(),
+        )) {
             Ok(true) => {
                 println!("SERVING");
                 0

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tonic::service::interceptor::InterceptedService;
 use tonic_health::ServingStatus;
 
 use crate::engine::{Engine, EngineConfig};
@@ -35,6 +36,39 @@ pub struct ServerConfig {
     pub http2_keepalive_timeout: Duration,
     /// Where to serve Prometheus `/metrics` over HTTP; None = not served.
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// TLS on the gRPC port (rustls); None = plaintext.
+    pub tls: Option<TlsFiles>,
+    /// Bearer tokens; the default (none) turns authentication off.
+    pub auth: crate::auth::Auth,
+}
+
+/// PEM files for TLS.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+    /// When set, clients must present a certificate signed by this CA.
+    pub client_ca: Option<std::path::PathBuf>,
+}
+
+impl TlsFiles {
+    fn server_config(&self) -> Result<tonic::transport::ServerTlsConfig, ServerError> {
+        let read = |p: &std::path::Path, what: &str| {
+            std::fs::read(p).map_err(|e| ServerError::Tls(format!("{what} {}: {e}", p.display())))
+        };
+        let identity = tonic::transport::Identity::from_pem(
+            read(&self.cert, "certificate")?,
+            read(&self.key, "private key")?,
+        );
+        let mut tls = tonic::transport::ServerTlsConfig::new().identity(identity);
+        if let Some(ca) = &self.client_ca {
+            tls = tls.client_ca_root(tonic::transport::Certificate::from_pem(read(
+                ca,
+                "client CA",
+            )?));
+        }
+        Ok(tls)
+    }
 }
 
 impl Default for ServerConfig {
@@ -50,6 +84,8 @@ impl Default for ServerConfig {
             http2_keepalive_interval: Some(Duration::from_secs(30)),
             http2_keepalive_timeout: Duration::from_secs(10),
             metrics_listen: None,
+            tls: None,
+            auth: crate::auth::Auth::default(),
         }
     }
 }
@@ -64,6 +100,8 @@ pub enum ServerError {
     Engine(#[from] crate::engine::EngineError),
     #[error("metrics: {0}")]
     Metrics(String),
+    #[error("TLS: {0}")]
+    Tls(String),
 }
 
 const GRU_SERVICE: &str = "gru.v1.GruService";
@@ -199,13 +237,19 @@ pub async fn run_with_engine(
         config.max_streams,
         config.stream_idle_timeout,
     );
-    let gru = GruServiceServer::new(service)
-        .max_decoding_message_size(config.max_message_bytes)
-        .max_encoding_message_size(config.max_message_bytes);
-    let training =
+    // Authentication wraps the model services; health and reflection stay open.
+    let gru = InterceptedService::new(
+        GruServiceServer::new(service)
+            .max_decoding_message_size(config.max_message_bytes)
+            .max_encoding_message_size(config.max_message_bytes),
+        config.auth.interceptor(false),
+    );
+    let training = InterceptedService::new(
         TrainingServiceServer::new(TrainingServiceImpl::new(cell.clone(), cancel.clone()))
             .max_decoding_message_size(config.max_message_bytes)
-            .max_encoding_message_size(config.max_message_bytes);
+            .max_encoding_message_size(config.max_message_bytes),
+        config.auth.interceptor(true),
+    );
 
     let addr = listener.local_addr().ok();
     // TCP_NODELAY: a step reply is one small write; with Nagle's algorithm it
@@ -223,6 +267,16 @@ pub async fn run_with_engine(
     if let Some(t) = config.request_timeout {
         builder = builder.timeout(t);
     }
+    if let Some(tls) = &config.tls {
+        builder = builder
+            .tls_config(tls.server_config()?)
+            .map_err(|e| ServerError::Tls(e.to_string()))?;
+    }
+    tracing::info!(
+        tls = config.tls.is_some(),
+        auth = config.auth.enabled(),
+        "security"
+    );
     let server = builder
         .layer(crate::metrics::RpcMetricsLayer)
         .add_service(health_service)
@@ -272,15 +326,44 @@ async fn mark_serving(health: &tonic_health::server::HealthReporter) {
     tracing::info!("models loaded; serving");
 }
 
+/// TLS settings of the `gru-serve health` probe.
+#[derive(Debug, Clone, Default)]
+pub struct ProbeTls {
+    pub ca: std::path::PathBuf,
+    pub domain: Option<String>,
+    pub client: Option<(std::path::PathBuf, std::path::PathBuf)>,
+}
+
 /// The `gru-serve health` probe: asks `addr`'s grpc.health.v1 Check for
 /// `service` and says whether it answered SERVING. Errors name what failed
-/// (bad address, unreachable, timeout, unknown service).
-pub async fn check_health(addr: &str, service: &str, timeout: Duration) -> Result<bool, String> {
+/// (bad address, unreachable, timeout, unknown service, TLS files).
+pub async fn check_health(
+    addr: &str,
+    service: &str,
+    timeout: Duration,
+    tls: Option<&ProbeTls>,
+) -> Result<bool, String> {
     use tonic_health::pb::health_check_response::ServingStatus as Wire;
-    let endpoint = tonic::transport::Endpoint::from_shared(addr.to_string())
+    let mut endpoint = tonic::transport::Endpoint::from_shared(addr.to_string())
         .map_err(|e| format!("address '{addr}': {e}"))?
         .connect_timeout(timeout)
         .timeout(timeout);
+    if let Some(t) = tls {
+        let read =
+            |p: &std::path::Path| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
+        let mut c = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(read(&t.ca)?));
+        if let Some(d) = &t.domain {
+            c = c.domain_name(d.clone());
+        }
+        if let Some((cert, key)) = &t.client {
+            c = c.identity(tonic::transport::Identity::from_pem(
+                read(cert)?,
+                read(key)?,
+            ));
+        }
+        endpoint = endpoint.tls_config(c).map_err(|e| format!("TLS: {e}"))?;
+    }
     let channel = endpoint
         .connect()
         .await

@@ -597,6 +597,7 @@ async fn sessions_expire_after_ttl() {
     let model = engine.registry.get("m", None).expect("model m");
     let params = |key: Option<&str>| OpenParams {
         key: key.map(str::to_string),
+        owner: None,
         initial: None,
         step_index: 0,
     };
@@ -1456,15 +1457,18 @@ async fn health_probe_reports_serving_and_unreachable() {
     let server = TestServer::serving(repo.path()).await;
     let url = format!("http://{}", server.addr);
     let t = Duration::from_secs(5);
-    assert_eq!(gru_serve::server::check_health(&url, "", t).await, Ok(true));
     assert_eq!(
-        gru_serve::server::check_health(&url, "gru.v1.TrainingService", t).await,
+        gru_serve::server::check_health(&url, "", t, None).await,
         Ok(true)
     );
-    let unknown = gru_serve::server::check_health(&url, "no.such.Service", t).await;
+    assert_eq!(
+        gru_serve::server::check_health(&url, "gru.v1.TrainingService", t, None).await,
+        Ok(true)
+    );
+    let unknown = gru_serve::server::check_health(&url, "no.such.Service", t, None).await;
     assert!(unknown.unwrap_err().contains("NotFound"));
     server.stop().await;
-    let gone = gru_serve::server::check_health(&url, "", Duration::from_millis(500)).await;
+    let gone = gru_serve::server::check_health(&url, "", Duration::from_millis(500), None).await;
     assert!(gone.unwrap_err().contains("connect to"));
 }
 

@@ -231,6 +231,7 @@ impl Engine {
         model: &str,
         version: Option<u64>,
         key: Option<String>,
+        owner: Option<String>,
         initial: Option<(usize, usize, Vec<f32>)>,
         resume: Option<ExportedState>,
     ) -> Result<(Arc<Session>, bool), EngineError> {
@@ -278,6 +279,7 @@ impl Engine {
             served,
             OpenParams {
                 key,
+                owner,
                 initial,
                 step_index,
             },
@@ -291,12 +293,13 @@ impl Engine {
     pub fn submit_step(
         &self,
         session_id: &str,
+        owner: Option<&str>,
         inputs: Vec<f32>,
         k: usize,
         cols: usize,
         start_step: Option<u64>,
     ) -> Result<PendingStep, EngineError> {
-        let session = self.sessions.get(session_id)?;
+        let session = self.sessions.get_owned(session_id, owner)?;
         let i = session.model.model.config().input_size;
         if k == 0 || k > self.config.max_steps_per_message {
             return Err(EngineError::InvalidArgument(format!(
@@ -328,12 +331,13 @@ impl Engine {
     pub async fn step(
         &self,
         session_id: &str,
+        owner: Option<&str>,
         inputs: Vec<f32>,
         k: usize,
         cols: usize,
         start_step: Option<u64>,
     ) -> Result<batcher::StepReply, EngineError> {
-        self.submit_step(session_id, inputs, k, cols, start_step)?
+        self.submit_step(session_id, owner, inputs, k, cols, start_step)?
             .wait()
             .await
     }

@@ -46,6 +46,8 @@ pub struct SessionData {
 pub struct Session {
     pub id: String,
     pub key: Option<String>,
+    /// The tenant (auth token name) that opened it; None without auth.
+    pub owner: Option<String>,
     pub model: Arc<ServedModel>,
     data: Mutex<SessionData>,
 }
@@ -74,6 +76,8 @@ impl Session {
 /// What an open asks for; the model is already resolved.
 pub struct OpenParams {
     pub key: Option<String>,
+    /// The caller's tenant (auth token name); None without auth.
+    pub owner: Option<String>,
     /// Initial h [layers × hidden]; zeros when None.
     pub initial: Option<Vec<f32>>,
     /// Step index to start at (a resumed export); 0 otherwise.
@@ -82,7 +86,8 @@ pub struct OpenParams {
 
 struct Inner {
     live: HashMap<String, Arc<Session>>,
-    keys: HashMap<String, String>,
+    /// (owner, client key) → session id: each tenant has its own key space.
+    keys: HashMap<(Option<String>, String), String>,
     expired: HashSet<String>,
     expired_order: VecDeque<String>,
 }
@@ -137,7 +142,11 @@ impl SessionStore {
         let now = Instant::now();
         let mut inner = self.inner();
         if let Some(key) = &params.key {
-            if let Some(id) = inner.keys.get(key).cloned() {
+            if let Some(id) = inner
+                .keys
+                .get(&(params.owner.clone(), key.clone()))
+                .cloned()
+            {
                 if let Some(s) = inner.live.get(&id).cloned() {
                     if !self.idle_too_long(&s, now) {
                         if s.model.name != model.name || s.model.version != model.version {
@@ -171,6 +180,7 @@ impl SessionStore {
         let s = Arc::new(Session {
             id: id.clone(),
             key: params.key.clone(),
+            owner: params.owner.clone(),
             model,
             data: Mutex::new(SessionData {
                 h,
@@ -182,7 +192,7 @@ impl SessionStore {
         });
         inner.live.insert(id.clone(), s.clone());
         if let Some(k) = params.key {
-            inner.keys.insert(k, id);
+            inner.keys.insert((params.owner, k), id);
         }
         Ok((s, true))
     }
@@ -195,8 +205,9 @@ impl SessionStore {
         if let Some(s) = inner.live.remove(id) {
             s.lock().closed = true;
             if let Some(k) = &s.key {
-                if inner.keys.get(k).map(String::as_str) == Some(id) {
-                    inner.keys.remove(k);
+                let k = (s.owner.clone(), k.clone());
+                if inner.keys.get(&k).map(String::as_str) == Some(id) {
+                    inner.keys.remove(&k);
                 }
             }
             inner.expired.insert(id.to_string());
@@ -236,14 +247,29 @@ impl SessionStore {
         }
     }
 
-    /// Closes a session; returns its step index.
-    pub fn close(&self, id: &str) -> Result<u64, EngineError> {
-        let s = self.get(id)?;
+    /// [`Self::get`] for a caller: another tenant's session is NOT_FOUND,
+    /// exactly as a missing one (no way to probe ids across tenants).
+    pub fn get_owned(&self, id: &str, owner: Option<&str>) -> Result<Arc<Session>, EngineError> {
+        let foreign = self
+            .inner()
+            .live
+            .get(id)
+            .is_some_and(|s| s.owner.as_deref() != owner);
+        if foreign {
+            return Err(EngineError::SessionNotFound(id.to_string()));
+        }
+        self.get(id)
+    }
+
+    /// Closes a caller's session; returns its step index.
+    pub fn close(&self, id: &str, owner: Option<&str>) -> Result<u64, EngineError> {
+        let s = self.get_owned(id, owner)?;
         let mut inner = self.inner();
         inner.live.remove(id);
         if let Some(k) = &s.key {
-            if inner.keys.get(k).map(String::as_str) == Some(id) {
-                inner.keys.remove(k);
+            let k = (s.owner.clone(), k.clone());
+            if inner.keys.get(&k).map(String::as_str) == Some(id) {
+                inner.keys.remove(&k);
             }
         }
         let mut d = s.lock();

@@ -161,7 +161,11 @@ struct SubmittedStep {
 
 /// Step and StepStream, phase 1: validate and queue the message on the
 /// worker. Synchronous, so a stream queues its messages in arrival order.
-fn step_submit(engine: &Engine, req: pb::StepRequest) -> Result<SubmittedStep, Status> {
+fn step_submit(
+    engine: &Engine,
+    owner: Option<&str>,
+    req: pb::StepRequest,
+) -> Result<SubmittedStep, Status> {
     let (k, cols, values) = matrix("inputs", req.inputs)?;
     let start = (req.has_start_step || req.start_step > 0).then_some(req.start_step);
     let span = tracing::debug_span!(
@@ -172,7 +176,8 @@ fn step_submit(engine: &Engine, req: pb::StepRequest) -> Result<SubmittedStep, S
         version = tracing::field::Empty
     );
     let started = std::time::Instant::now();
-    let pending = span.in_scope(|| engine.submit_step(&req.session_id, values, k, cols, start))?;
+    let pending =
+        span.in_scope(|| engine.submit_step(&req.session_id, owner, values, k, cols, start))?;
     let served = &pending.session.model;
     span.record("model", served.name.as_str());
     span.record("version", served.version);
@@ -303,12 +308,9 @@ impl GruService for GruServiceImpl {
         req: Request<pb::OpenSessionRequest>,
     ) -> Result<Response<pb::OpenSessionResponse>, Status> {
         let engine = self.engine()?;
-        let key = {
-            let (meta, _, r) = req.into_parts();
-            let key = session_key(r.session_key.clone(), &meta);
-            (key, r)
-        };
-        let (key, r) = key;
+        let owner = crate::auth::tenant(&req);
+        let (meta, _, r) = req.into_parts();
+        let key = session_key(r.session_key.clone(), &meta);
         let resume = r.resume.map(|s| {
             let h = s.hidden.unwrap_or_default();
             ExportedState {
@@ -324,6 +326,7 @@ impl GruService for GruServiceImpl {
             &r.model,
             version_arg(r.version),
             key,
+            owner,
             r.initial_state.map(hidden_in),
             resume,
         )?;
@@ -343,7 +346,8 @@ impl GruService for GruServiceImpl {
         &self,
         req: Request<pb::StepRequest>,
     ) -> Result<Response<pb::StepResponse>, Status> {
-        let submitted = step_submit(self.engine()?, req.into_inner())?;
+        let owner = crate::auth::tenant(&req);
+        let submitted = step_submit(self.engine()?, owner.as_deref(), req.into_inner())?;
         Ok(Response::new(step_finish(submitted).await?))
     }
 
@@ -362,6 +366,7 @@ impl GruService for GruServiceImpl {
             .try_acquire_owned()
             .map_err(|_| Status::resource_exhausted("too many open streams; retry later"))?;
         let cancel = self.shutdown.clone();
+        let owner = crate::auth::tenant(&req);
         let mut inbound = req.into_inner();
         let (out_tx, out_rx) = mpsc::channel(STREAM_MAX_IN_FLIGHT);
         // In-order replies: the reader spawns each step and queues its handle;
@@ -398,7 +403,7 @@ impl GruService for GruServiceImpl {
                         // Queue here, in arrival order, so one session's
                         // messages are applied in order; only the waits for
                         // the replies run concurrently.
-                        let submitted = step_submit(&engine, m);
+                        let submitted = step_submit(&engine, owner.as_deref(), m);
                         let h = tokio::spawn(async move {
                             let r = match submitted {
                                 Ok(s) => step_finish(s).await,
@@ -452,7 +457,10 @@ impl GruService for GruServiceImpl {
         req: Request<pb::GetSessionStateRequest>,
     ) -> Result<Response<pb::GetSessionStateResponse>, Status> {
         let engine = self.engine()?;
-        let s = engine.sessions.get(&req.into_inner().session_id)?;
+        let owner = crate::auth::tenant(&req);
+        let s = engine
+            .sessions
+            .get_owned(&req.into_inner().session_id, owner.as_deref())?;
         let e = s.export();
         Ok(Response::new(pb::GetSessionStateResponse {
             state: Some(pb::SessionState {
@@ -469,8 +477,9 @@ impl GruService for GruServiceImpl {
         req: Request<pb::CloseSessionRequest>,
     ) -> Result<Response<pb::CloseSessionResponse>, Status> {
         let engine = self.engine()?;
+        let owner = crate::auth::tenant(&req);
         let id = req.into_inner().session_id;
-        let step_index = engine.sessions.close(&id)?;
+        let step_index = engine.sessions.close(&id, owner.as_deref())?;
         tracing::info!(session_id = %id, step_index, "close session");
         Ok(Response::new(pb::CloseSessionResponse { step_index }))
     }

@@ -17,7 +17,7 @@ use tempfile::TempDir;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tonic::transport::Channel;
+use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
@@ -61,16 +61,27 @@ pub fn config_for(dir: &Path) -> ServerConfig {
 }
 
 impl TestServer {
-    /// Starts `run` on 127.0.0.1:0 and connects a channel.
+    /// Starts `run` on 127.0.0.1:0 and connects a plaintext channel.
     pub async fn start(config: ServerConfig) -> TestServer {
+        TestServer::start_with(config, |addr| {
+            Endpoint::from_shared(format!("http://{addr}")).unwrap()
+        })
+        .await
+    }
+
+    /// Starts `run` on 127.0.0.1:0 and connects the channel `endpoint` makes
+    /// for its address (TLS tests).
+    pub async fn start_with(
+        config: ServerConfig,
+        endpoint: impl FnOnce(SocketAddr) -> Endpoint,
+    ) -> TestServer {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = oneshot::channel::<()>();
         let handle = tokio::spawn(run(config, listener, async {
             rx.await.ok();
         }));
-        let channel = Channel::from_shared(format!("http://{addr}"))
-            .unwrap()
+        let channel = endpoint(addr)
             .connect_timeout(WAIT)
             .connect()
             .await
