@@ -104,6 +104,16 @@ fn tls_endpoint(addr: std::net::SocketAddr, tls: ClientTlsConfig) -> Endpoint {
         .unwrap()
 }
 
+/// Connects and lists models: Err when either step fails.
+async fn try_list(endpoint: Endpoint) -> Result<(), String> {
+    let ch = endpoint.connect().await.map_err(|e| e.to_string())?;
+    GruServiceClient::new(ch)
+        .list_models(pb::ListModelsRequest {})
+        .await
+        .map(|_| ())
+        .map_err(|s| s.to_string())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_serves_trusting_clients_and_refuses_plaintext() {
     let pki = Pki::new();
@@ -126,15 +136,10 @@ async fn tls_serves_trusting_clients_and_refuses_plaintext() {
         .unwrap()
         .connect_timeout(Duration::from_secs(2))
         .timeout(Duration::from_secs(2));
-    let plain_result = match plain.connect().await {
-        Ok(ch) => GruServiceClient::new(ch)
-            .list_models(pb::ListModelsRequest {})
-            .await
-            .map(|_| ())
-            .map_err(|s| s.to_string()),
-        Err(e) => Err(e.to_string()),
-    };
-    assert!(plain_result.is_err(), "a plaintext client was answered");
+    assert!(
+        try_list(plain).await.is_err(),
+        "a plaintext client was answered"
+    );
     // The health probe over TLS, and its refusal without the CA's trust.
     let url = format!("https://localhost:{}", server.addr.port());
     let probe = ProbeTls {
@@ -174,16 +179,8 @@ async fn mutual_tls_requires_a_client_certificate() {
     let anonymous = tls_endpoint(server.addr, pki.client_tls(false))
         .connect_timeout(Duration::from_secs(2))
         .timeout(Duration::from_secs(2));
-    let refused = match anonymous.connect().await {
-        Ok(ch) => GruServiceClient::new(ch)
-            .list_models(pb::ListModelsRequest {})
-            .await
-            .map(|_| ())
-            .map_err(|s| s.to_string()),
-        Err(e) => Err(e.to_string()),
-    };
     assert!(
-        refused.is_err(),
+        try_list(anonymous).await.is_err(),
         "a client without a certificate was served"
     );
     server.stop().await;

@@ -297,16 +297,7 @@ async fn trains_a_new_model_watches_it_and_serves_it_across_a_restart() {
 
     // Served at once: stream held-out sequences through a session step by step.
     let mut c = server.client();
-    let info = c
-        .get_model(pb::GetModelRequest {
-            model: "sine".into(),
-            version: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .model
-        .unwrap();
+    let info = model_info(&mut c, "sine").await;
     assert_eq!(
         (info.version, info.hidden_size, info.description.as_str()),
         (1, 16, "noisy sine, next step")
@@ -462,16 +453,7 @@ async fn fine_tuning_publishes_a_new_version_while_old_sessions_keep_theirs() {
         v1.iter().zip(&v2).any(|(x, y)| (x - y).abs() > 1e-4),
         "fine-tuning changed nothing"
     );
-    let info = c
-        .get_model(pb::GetModelRequest {
-            model: "m".into(),
-            version: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .model
-        .unwrap();
+    let info = model_info(&mut c, "m").await;
     assert_eq!(info.versions, vec![1, 2]);
     server.stop().await;
 }

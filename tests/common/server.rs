@@ -209,3 +209,16 @@ pub fn assert_close(what: &str, got: &[f32], want: &[f32]) {
         .fold(0f32, f32::max);
     assert!(d <= TOL, "{what}: max |diff| = {d:e} > {TOL:e}");
 }
+
+/// GetModel for the latest version of `name`.
+pub async fn model_info(c: &mut Client, name: &str) -> pb::ModelInfo {
+    c.get_model(pb::GetModelRequest {
+        model: name.into(),
+        version: 0,
+    })
+    .await
+    .expect("get model")
+    .into_inner()
+    .model
+    .expect("model info")
+}
