@@ -11,6 +11,7 @@
 //!   the very message a nonexistent id gets — for every other tenant;
 //!   session keys are per tenant; training needs an admin token
 //!   (PERMISSION_DENIED otherwise).
+//!
 //! Certificates are generated here with rcgen.
 
 use std::time::Duration;
