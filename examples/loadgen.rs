@@ -23,10 +23,21 @@
 //! - `--target http://host:port`: an external server (e.g. the Python baseline
 //!   in scripts/baseline/). Its worker batch sizes are not visible from here.
 //!
+//! `--train` (in-process mode only): once the sessions are open and before the
+//! warm-up, start a training job on the same server through
+//! `gru.v1.TrainingService` (a new regression model `--train-hidden` wide on
+//! generated noisy-sine data, with enough epochs to outlast the run), check
+//! that it is RUNNING at both edges of the measured window, report its
+//! progress (batches done, sequences/s), and cancel it at the end. Its threads
+//! are set by `--train-threads` and `--train-nice` (the engine's
+//! `TrainingConfig`), so serving latency can be compared with and without a
+//! job, and across niceness values.
+//!
 //! ```text
 //! cargo build --release --example loadgen
 //! target/release/examples/loadgen --sessions 256 --k 1
 //! target/release/examples/loadgen --sessions 256 --k 1 --echo
+//! target/release/examples/loadgen --sessions 16 --k 1 --train --train-nice 10
 //! target/release/examples/loadgen --sessions 256 --k 32 --target http://127.0.0.1:50052 --model bench
 //! ```
 //!
@@ -45,6 +56,7 @@ use gru_serve::engine::batcher::{WorkerStats, BATCH_BUCKETS};
 use gru_serve::service::pb;
 use gru_serve::service::pb::gru_service_client::GruServiceClient;
 use gru_serve::service::pb::gru_service_server::{GruService, GruServiceServer};
+use gru_serve::service::pb::training_service_client::TrainingServiceClient;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
@@ -121,6 +133,33 @@ struct Args {
     /// Also write the results as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// In-process server: run a training job on the same server during the warm-up and measurement.
+    #[arg(long, conflicts_with_all = ["echo", "target"])]
+    train: bool,
+    /// In-process server: compute threads of each training job (TrainingConfig.threads_per_job).
+    #[arg(long, default_value_t = 1)]
+    train_threads: usize,
+    /// In-process server: OS niceness of the training threads (TrainingConfig.nice; 0 = same as serving).
+    #[arg(long, default_value_t = 10)]
+    train_nice: i32,
+    /// --train: generated training sequences.
+    #[arg(long, default_value_t = 2000)]
+    train_sequences: usize,
+    /// --train: steps per sequence (lengths vary from ×0.67 to ×1.33 of this).
+    #[arg(long, default_value_t = 75)]
+    train_seq_len: usize,
+    /// --train: the trained model's input size.
+    #[arg(long, default_value_t = 8)]
+    train_input: usize,
+    /// --train: the trained model's hidden size (1 layer, a head of width 1).
+    #[arg(long, default_value_t = 64)]
+    train_hidden: usize,
+    /// --train: sequences per training batch.
+    #[arg(long, default_value_t = 32)]
+    train_batch: usize,
+    /// --train: epochs asked for (enough to outlast the run; the job is cancelled at the end).
+    #[arg(long, default_value_t = 10_000)]
+    train_epochs: usize,
 }
 
 // ---------------------------------------------------------------- results
@@ -172,6 +211,52 @@ struct Results {
     thread_cpu: Vec<ThreadCpu>,
     load_average: String,
     first_error: Option<String>,
+    /// Set with --train: the training job that ran beside the measurement.
+    training: Option<TrainingReport>,
+}
+
+/// A training job's state and progress at one moment.
+#[derive(Debug, Clone, Serialize)]
+struct JobSnapshot {
+    state: String,
+    /// 1-based.
+    epoch: u32,
+    batch: u32,
+    batches_per_epoch: u32,
+    /// (epoch - 1) × batches_per_epoch + batch.
+    batches_done: u64,
+    /// The job's own figure: sequences / seconds since the current epoch began.
+    sequences_per_second: f64,
+    train_loss: f64,
+    elapsed_seconds: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct TrainingReport {
+    job_id: String,
+    model: String,
+    input_size: usize,
+    hidden_size: usize,
+    num_sequences: usize,
+    mean_seq_len: f64,
+    batch_size: usize,
+    epochs: usize,
+    threads_per_job: usize,
+    nice: i32,
+    /// StartTraining call, upload included.
+    submit_secs: f64,
+    /// From StartTraining's reply until the job reported its first batch.
+    until_running_secs: f64,
+    at_window_start: Option<JobSnapshot>,
+    at_window_end: Option<JobSnapshot>,
+    /// Batches the job finished during the measured window.
+    batches_in_window: u64,
+    /// batches_in_window × batch_size / window length (approximate: an epoch's last batch may be short).
+    sequences_per_second_in_window: f64,
+    /// True when the job was RUNNING at both edges of the window.
+    running_throughout: bool,
+    /// After CancelTraining (and waiting for the job to stop).
+    final_state: String,
 }
 
 // ---------------------------------------------------------------- main
@@ -290,6 +375,11 @@ impl InProcess {
         config.engine.model_dir = dir.path().to_path_buf();
         config.engine.max_batch = args.max_batch;
         config.engine.max_sessions = args.sessions.max(1) * 2 + 16;
+        config.engine.training = gru_serve::engine::TrainingConfig {
+            threads_per_job: args.train_threads.max(1),
+            nice: args.train_nice,
+            ..gru_serve::engine::TrainingConfig::default()
+        };
         config.drain_timeout = Duration::from_secs(2);
         // The engine is handed out once loaded: its worker's WorkerStats give the batch sizes.
         let cell: Arc<std::sync::OnceLock<gru_serve::engine::Engine>> =
@@ -575,6 +665,12 @@ async fn drive(
         ids[s] = id;
     }
 
+    // --train: a job on the same server, running before the warm-up starts.
+    let mut job = match args.train {
+        true => Some(TrainJob::start(args, url).await?),
+        false => None,
+    };
+
     // Deal the sessions over the streams.
     let mut per_stream: Vec<Vec<String>> = vec![Vec::new(); streams];
     for (s, id) in ids.iter().enumerate() {
@@ -604,18 +700,29 @@ async fn drive(
     }
 
     // Snapshot the server's batch stats and the threads' CPU time at the window's edges.
+    // The training job's state too (its RPCs go over a connection of its own).
     let snap = {
         let stats = stats.clone();
+        let mut tc = job.as_ref().map(|j| j.client.clone());
+        let job_id = job.as_ref().map(|j| j.job_id.clone());
         tokio::spawn(async move {
             tokio::time::sleep_until(window.start.into()).await;
             let w0 = stats.as_ref().and_then(|f| f()).map(|s| hist_snapshot(&s));
             let c0 = thread_cpu_snapshot();
             let t0 = Instant::now();
+            let j0 = match (&mut tc, &job_id) {
+                (Some(c), Some(id)) => Some(job_snapshot(c, id).await),
+                _ => None,
+            };
             tokio::time::sleep_until(window.end.into()).await;
             let w1 = stats.as_ref().and_then(|f| f()).map(|s| hist_snapshot(&s));
             let c1 = thread_cpu_snapshot();
             let secs = t0.elapsed().as_secs_f64();
-            (w0.zip(w1), c0, c1, secs)
+            let j1 = match (&mut tc, &job_id) {
+                (Some(c), Some(id)) => Some(job_snapshot(c, id).await),
+                _ => None,
+            };
+            (w0.zip(w1), c0, c1, secs, j0.zip(j1))
         })
     };
 
@@ -629,7 +736,11 @@ async fn drive(
             all.first_error = o.first_error;
         }
     }
-    let (hists, cpu0, cpu1, cpu_secs) = snap.await?;
+    let (hists, cpu0, cpu1, cpu_secs, job_snaps) = snap.await?;
+    let training = match job.take() {
+        Some(j) => Some(j.finish(job_snaps, args.duration_secs).await),
+        None => None,
+    };
     if args.target.is_some() {
         // Be tidy on an external server: close what we opened (errors ignored).
         let mut closes = tokio::task::JoinSet::new();
@@ -677,7 +788,226 @@ async fn drive(
             .map(|s| s.trim().to_string())
             .unwrap_or_default(),
         first_error: all.first_error,
+        training,
     })
+}
+
+// ---------------------------------------------------------------- --train
+
+type TrainClient = TrainingServiceClient<Channel>;
+
+/// A training job started by --train.
+struct TrainJob {
+    client: TrainClient,
+    job_id: String,
+    report: TrainingReport,
+}
+
+/// Noisy sines: `input` features of different frequencies and phases; the
+/// target is feature 0 at the next step (next-step regression).
+fn training_data(args: &Args) -> (Vec<pb::TrainingSequence>, f64) {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(args.seed ^ 0x7a41);
+    let i = args.train_input.max(1);
+    let base = args.train_seq_len.max(3);
+    let mut steps_total = 0usize;
+    let seqs = (0..args.train_sequences.max(1))
+        .map(|_| {
+            let len = rng.random_range(base * 2 / 3..=base * 4 / 3).max(2);
+            steps_total += len;
+            let freq: Vec<f32> = (0..i).map(|_| rng.random_range(0.05f32..0.5)).collect();
+            let phase: Vec<f32> = (0..i)
+                .map(|_| rng.random_range(0.0f32..std::f32::consts::TAU))
+                .collect();
+            let x = |t: usize, f: usize| (freq[f] * t as f32 + phase[f]).sin();
+            let mut inputs = Vec::with_capacity(len * i);
+            let mut targets = Vec::with_capacity(len);
+            for t in 0..len {
+                for f in 0..i {
+                    inputs.push(x(t, f) + rng.random_range(-0.05f32..0.05));
+                }
+                targets.push(x(t + 1, 0));
+            }
+            pb::TrainingSequence {
+                inputs: Some(pb::Matrix {
+                    rows: len as u32,
+                    cols: i as u32,
+                    values: inputs,
+                }),
+                targets: Some(pb::Matrix {
+                    rows: len as u32,
+                    cols: 1,
+                    values: targets,
+                }),
+                ..Default::default()
+            }
+        })
+        .collect::<Vec<_>>();
+    let mean = steps_total as f64 / seqs.len() as f64;
+    (seqs, mean)
+}
+
+fn snapshot_of(j: &pb::TrainingJob) -> JobSnapshot {
+    let state = pb::JobState::try_from(j.state)
+        .map(|s| s.as_str_name().trim_start_matches("JOB_STATE_").to_string())
+        .unwrap_or_else(|_| format!("state {}", j.state));
+    let p = j.progress.unwrap_or_default();
+    JobSnapshot {
+        state,
+        epoch: p.epoch,
+        batch: p.batch,
+        batches_per_epoch: p.batches_per_epoch,
+        batches_done: (p.epoch.max(1) as u64 - 1) * p.batches_per_epoch as u64 + p.batch as u64,
+        sequences_per_second: p.sequences_per_second,
+        train_loss: p.train_loss,
+        elapsed_seconds: p.elapsed_seconds,
+    }
+}
+
+async fn job_snapshot(c: &mut TrainClient, job_id: &str) -> JobSnapshot {
+    match c
+        .get_training_job(pb::GetTrainingJobRequest {
+            job_id: job_id.to_string(),
+        })
+        .await
+    {
+        Ok(r) => snapshot_of(&r.into_inner()),
+        Err(s) => JobSnapshot {
+            state: format!("GetTrainingJob failed: {s}"),
+            epoch: 0,
+            batch: 0,
+            batches_per_epoch: 0,
+            batches_done: 0,
+            sequences_per_second: f64::NAN,
+            train_loss: f64::NAN,
+            elapsed_seconds: f64::NAN,
+        },
+    }
+}
+
+impl TrainJob {
+    /// Submits the job and waits until it has finished its first batch.
+    async fn start(args: &Args, url: &str) -> Result<TrainJob, BoxError> {
+        let mut client = TrainingServiceClient::new(connect(url).await?)
+            .max_decoding_message_size(64 << 20)
+            .max_encoding_message_size(64 << 20);
+        let (sequences, mean_seq_len) = training_data(args);
+        let model = "lg-train".to_string();
+        let req = pb::StartTrainingRequest {
+            model: model.clone(),
+            new_model: Some(pb::ModelSpec {
+                input_size: args.train_input as u32,
+                hidden_size: args.train_hidden as u32,
+                num_layers: 1,
+                output_size: 1,
+                task: pb::Task::Regression as i32,
+                description: "loadgen --train: noisy-sine next-step regression".into(),
+                ..Default::default()
+            }),
+            hyperparameters: Some(pb::Hyperparameters {
+                epochs: args.train_epochs as u32,
+                batch_size: args.train_batch as u32,
+                seed: args.seed,
+                ..Default::default()
+            }),
+            sequences,
+            ..Default::default()
+        };
+        let t0 = Instant::now();
+        let r = client
+            .start_training(req)
+            .await
+            .map_err(|s| format!("StartTraining: {s}"))?
+            .into_inner();
+        let submit_secs = t0.elapsed().as_secs_f64();
+        let t1 = Instant::now();
+        let deadline = t1 + Duration::from_secs(120);
+        loop {
+            let s = job_snapshot(&mut client, &r.job_id).await;
+            match s.state.as_str() {
+                "RUNNING" if s.batches_done > 0 => break,
+                "QUEUED" | "RUNNING" if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(20)).await
+                }
+                _ => {
+                    return Err(format!(
+                        "training job {} is {} after {:.1} s (expected RUNNING with progress)",
+                        r.job_id,
+                        s.state,
+                        t1.elapsed().as_secs_f64()
+                    )
+                    .into())
+                }
+            }
+        }
+        let until_running_secs = t1.elapsed().as_secs_f64();
+        eprintln!(
+            "training job {} running ({} sequences, mean length {:.0}; first batch after {:.2} s; upload {:.2} s)",
+            r.job_id, r.num_sequences, mean_seq_len, until_running_secs, submit_secs
+        );
+        Ok(TrainJob {
+            client,
+            job_id: r.job_id.clone(),
+            report: TrainingReport {
+                job_id: r.job_id,
+                model,
+                input_size: args.train_input,
+                hidden_size: args.train_hidden,
+                num_sequences: r.num_sequences as usize,
+                mean_seq_len,
+                batch_size: args.train_batch,
+                epochs: args.train_epochs,
+                threads_per_job: args.train_threads.max(1),
+                nice: args.train_nice,
+                submit_secs,
+                until_running_secs,
+                at_window_start: None,
+                at_window_end: None,
+                batches_in_window: 0,
+                sequences_per_second_in_window: f64::NAN,
+                running_throughout: false,
+                final_state: String::new(),
+            },
+        })
+    }
+
+    /// Records the window's snapshots, cancels the job and waits for it to stop.
+    async fn finish(
+        mut self,
+        snaps: Option<(JobSnapshot, JobSnapshot)>,
+        secs: f64,
+    ) -> TrainingReport {
+        let mut rep = self.report;
+        if let Some((a, b)) = snaps {
+            rep.batches_in_window = b.batches_done.saturating_sub(a.batches_done);
+            rep.sequences_per_second_in_window =
+                (rep.batches_in_window * rep.batch_size as u64) as f64 / secs.max(1e-9);
+            rep.running_throughout = a.state == "RUNNING" && b.state == "RUNNING";
+            rep.at_window_start = Some(a);
+            rep.at_window_end = Some(b);
+        }
+        let c = &mut self.client;
+        rep.final_state = match c
+            .cancel_training(pb::CancelTrainingRequest {
+                job_id: self.job_id.clone(),
+            })
+            .await
+        {
+            Err(s) => format!("CancelTraining failed: {s}"),
+            Ok(_) => {
+                let deadline = Instant::now() + Duration::from_secs(30);
+                loop {
+                    let s = job_snapshot(c, &self.job_id).await;
+                    if !matches!(s.state.as_str(), "QUEUED" | "RUNNING")
+                        || Instant::now() > deadline
+                    {
+                        break s.state;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        };
+        rep
+    }
 }
 
 /// One stream: its sessions in a closed loop. Replies come in request order,
@@ -890,6 +1220,8 @@ fn cpu_diff(
             "server compute worker".to_string()
         } else if name.starts_with("lg-server") {
             "server runtime".to_string()
+        } else if name.starts_with("train-") {
+            "training threads".to_string()
         } else if name.starts_with("lg-client") {
             "client runtime".to_string()
         } else if name == "loadgen" {
@@ -959,6 +1291,36 @@ fn print_results(r: &Results) {
         .map(|t| format!("{} ×{}: {:.2}", t.group, t.threads, t.cores))
         .collect();
     println!("CPU (cores busy, this process): {}", cpu.join(", "));
+    if let Some(t) = &r.training {
+        println!(
+            "training job {} ({} × H {} → 1, {} sequences of ~{:.0} steps, batch {}; threads {}, nice {}): {}",
+            t.job_id,
+            t.input_size,
+            t.hidden_size,
+            t.num_sequences,
+            t.mean_seq_len,
+            t.batch_size,
+            t.threads_per_job,
+            t.nice,
+            if t.running_throughout {
+                "RUNNING at both edges of the window"
+            } else {
+                "NOT running throughout the window"
+            }
+        );
+        for (edge, s) in [("start", &t.at_window_start), ("end", &t.at_window_end)] {
+            if let Some(s) = s {
+                println!(
+                    "  window {edge}: {} epoch {} batch {}/{} ({} batches done), {:.0} seqs/s in this epoch, loss {:.4}",
+                    s.state, s.epoch, s.batch, s.batches_per_epoch, s.batches_done, s.sequences_per_second, s.train_loss
+                );
+            }
+        }
+        println!(
+            "  in the window: {} batches, ~{:.0} seqs/s; after CancelTraining: {}",
+            t.batches_in_window, t.sequences_per_second_in_window, t.final_state
+        );
+    }
     println!("load average at end: {}", r.load_average);
     if let Some(e) = &r.first_error {
         println!("first error: {e}");
