@@ -7,10 +7,11 @@
 # headers and CCCL, installed into a venv. Nothing is linked or run, so no
 # driver (libcuda) and no GPU are needed. For a real GPU run see gpu-check.sh.
 #
+# Also compile-checks scripts/cuda/compare (gpu-check.sh's CPU-vs-CUDA program).
 # Usage: scripts/cuda/check.sh [extra cargo check args, e.g. --all-targets]
 # Env:   GRU_CUDA_VENV    venv for the wheels   (default /tmp/gru-cuda-venv)
 #        CARGO_TARGET_DIR build dir (default /var/tmp/gru-cuda-check-target:
-#                         outside the clone, so CI's fresh clones on the same
+#                         outside the clone, so fresh clones (CI) on the same
 #                         machine reuse the compiled CUDA kernels, the slow part)
 #        CUDA_COMPUTE_CAP GPU arch to compile for (default 90: H100/H200)
 set -euo pipefail
@@ -61,4 +62,12 @@ export LD_LIBRARY_PATH="$CUDA_ROOT/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 
 echo "== cargo check --features cuda $* (CUDA_COMPUTE_CAP=$CUDA_COMPUTE_CAP, CARGO_TARGET_DIR=$CARGO_TARGET_DIR)"
 cargo check --locked --features cuda "$@"
+
+# gpu-check.sh's CPU-vs-CUDA program: kept compiling here, since no machine
+# of this project can run it. Same env and target dir: nothing recompiles
+# but the two crates.
+echo "== cargo check scripts/cuda/compare (gpu-check.sh's comparison program)"
+cp Cargo.lock scripts/cuda/compare/Cargo.lock
+trap 'rm -f scripts/cuda/compare/Cargo.lock' EXIT
+cargo check --manifest-path scripts/cuda/compare/Cargo.toml
 echo "== cuda check passed in $(( $(date +%s) - start )) s"

@@ -160,9 +160,18 @@ echo "USER, STOPSIGNAL, EXPOSE, VOLUME as expected; HEALTHCHECK: ${HEALTH_CMD[*]
 CTR=""
 SERVER_PID=""
 BUILDAH_PID=""
+# Every process under the background `buildah run` (buildah itself, its
+# chroot helpers, the server), deepest first.
+descendants() {
+    local kids k
+    kids=$(ps -o pid= --ppid "$1" 2>/dev/null || true)
+    for k in $kids; do descendants "$k"; echo "$k"; done
+}
 cleanup() {
-    if [ -n "$SERVER_PID" ] && kill -0 "$SERVER_PID" 2>/dev/null; then kill -KILL "$SERVER_PID" || true; fi
-    if [ -n "$BUILDAH_PID" ] && kill -0 "$BUILDAH_PID" 2>/dev/null; then kill -KILL "$BUILDAH_PID" || true; fi
+    if [ -n "$BUILDAH_PID" ]; then
+        for p in $(descendants "$BUILDAH_PID") "$BUILDAH_PID"; do kill -KILL "$p" 2>/dev/null || true; done
+        wait "$BUILDAH_PID" 2>/dev/null || true
+    fi
     if [ -n "$CTR" ]; then buildah rm "$CTR" >/dev/null 2>&1 || true; fi
 }
 trap cleanup EXIT
@@ -188,11 +197,6 @@ brun gru-serve >"$LOG" 2>&1 &
 BUILDAH_PID=$!
 
 # The server is a descendant of the background buildah run.
-descendants() {
-    local kids
-    kids=$(ps -o pid= --ppid "$1" 2>/dev/null || true)
-    for k in $kids; do echo "$k"; descendants "$k"; done
-}
 find_server() {
     local p
     for p in $(descendants "$BUILDAH_PID"); do
