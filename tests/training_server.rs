@@ -306,15 +306,7 @@ async fn trains_a_new_model_watches_it_and_serves_it_across_a_restart() {
     const WARMUP: usize = 5;
     let held_out = noisy_sine(8, 40, 99);
     for (x, y) in &held_out {
-        let id = c
-            .open_session(pb::OpenSessionRequest {
-                model: "sine".into(),
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .session_id;
+        let id = open_latest(&mut c, "sine").await.session_id;
         for (s, (&xt, &yt)) in x.iter().zip(y).enumerate() {
             let r = c
                 .step(pb::StepRequest {
@@ -391,14 +383,7 @@ async fn fine_tuning_publishes_a_new_version_while_old_sessions_keep_theirs() {
     let mut t = trainer(&server);
     let a = rand_vec(5 * 3, 1);
     let b = rand_vec(4 * 3, 2);
-    let old = c
-        .open_session(pb::OpenSessionRequest {
-            model: "m".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let old = open_latest(&mut c, "m").await;
     assert_eq!(old.version, 1);
     let step = |id: String, x: Vec<f32>| pb::StepRequest {
         session_id: id,
@@ -439,14 +424,7 @@ async fn fine_tuning_publishes_a_new_version_while_old_sessions_keep_theirs() {
     let v1 = predict(&mut c, "m", 1, &whole, 3).await;
     assert_close("old session after fine-tuning", &got, &v1[5 * 2..]);
     // New sessions get version 2, whose weights differ.
-    let new = c
-        .open_session(pb::OpenSessionRequest {
-            model: "m".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let new = open_latest(&mut c, "m").await;
     assert_eq!(new.version, 2);
     let v2 = predict(&mut c, "m", 2, &whole, 3).await;
     assert!(

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Generates the Python protobuf and gRPC modules for proto/gru/v1/gru.proto
-# with grpcio-tools into clients/python/_gen/ (generated, not committed).
-# Uses $PYTHON, else the python3 on PATH (e.g. the venv's, once activated).
+# with grpcio-tools into clients/python/_gen/, or into the folder given as the
+# first argument (generated, not committed). Uses $PYTHON, else the python3 on
+# PATH (e.g. the venv's, once activated).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
 py="${PYTHON:-python3}"
-out="$here/_gen"
+out="${1:-$here/_gen}"
 rm -rf "$out"
 mkdir -p "$out"
 "$py" -m grpc_tools.protoc \

@@ -222,3 +222,14 @@ pub async fn model_info(c: &mut Client, name: &str) -> pb::ModelInfo {
     .model
     .expect("model info")
 }
+
+/// Opens a session on the latest version of `model`.
+pub async fn open_latest(c: &mut Client, model: &str) -> pb::OpenSessionResponse {
+    c.open_session(pb::OpenSessionRequest {
+        model: model.into(),
+        ..Default::default()
+    })
+    .await
+    .expect("open session")
+    .into_inner()
+}
