@@ -171,6 +171,28 @@ pub struct Args {
     /// Log filter (tracing EnvFilter syntax).
     #[arg(long, env = "GRU_LOG", default_value = "info")]
     pub log: String,
+
+    /// OpenTelemetry collector to export traces to over OTLP/gRPC, e.g.
+    /// http://otel-collector:4317 (unset = no export). Each RPC is a span,
+    /// child of the caller's W3C `traceparent`.
+    #[arg(long, env = "GRU_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+
+    /// `service.name` of the exported spans.
+    #[arg(long, env = "GRU_OTLP_SERVICE_NAME", default_value = "gru-serve")]
+    pub otlp_service_name: String,
+
+    /// Fraction of new traces exported, 0 to 1; a caller's traceparent
+    /// sampled flag decides for its own traces.
+    #[arg(long, env = "GRU_OTLP_SAMPLE_RATIO", default_value_t = 1.0, value_parser = parse_fraction)]
+    pub otlp_sample_ratio: f64,
+}
+
+fn parse_fraction(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.0..=1.0).contains(&v) => Ok(v),
+        _ => Err(format!("'{s}': expected a number from 0 to 1")),
+    }
 }
 
 /// Subcommands besides serving.
@@ -271,6 +293,17 @@ impl Args {
         }
     }
 
+    /// Trace export settings, when `--otlp-endpoint` is set.
+    pub fn otlp(&self) -> Option<crate::telemetry::OtlpConfig> {
+        self.otlp_endpoint
+            .as_ref()
+            .map(|endpoint| crate::telemetry::OtlpConfig {
+                endpoint: endpoint.clone(),
+                service_name: self.otlp_service_name.clone(),
+                sample_ratio: self.otlp_sample_ratio,
+            })
+    }
+
     /// The server's settings; fails (naming the flag) when a device cannot be opened.
     pub fn server_config(&self) -> Result<ServerConfig, String> {
         Ok(ServerConfig {
@@ -327,6 +360,12 @@ impl Args {
 mod tests {
     use super::*;
 
+    fn c_args_otlp(flags: &[&str]) -> Option<crate::telemetry::OtlpConfig> {
+        let mut argv = vec!["gru-serve"];
+        argv.extend_from_slice(flags);
+        Args::try_parse_from(argv).unwrap().otlp()
+    }
+
     #[test]
     fn devices_parse_and_cuda_needs_the_feature() {
         assert!(matches!(open_device("cpu"), Ok(candle_core::Device::Cpu)));
@@ -349,5 +388,20 @@ mod tests {
         let off = Args::try_parse_from(["gru-serve", "--metrics-listen", "off"]).unwrap();
         assert_eq!(off.server_config().unwrap().metrics_listen, None);
         assert!(Args::try_parse_from(["gru-serve", "--metrics-listen", "nine"]).is_err());
+        assert_eq!(c_args_otlp(&[]), None);
+        let o = c_args_otlp(&[
+            "--otlp-endpoint",
+            "http://c:4317",
+            "--otlp-sample-ratio",
+            "0.25",
+        ])
+        .unwrap();
+        assert_eq!(
+            (o.endpoint.as_str(), o.service_name.as_str(), o.sample_ratio),
+            ("http://c:4317", "gru-serve", 0.25)
+        );
+        for bad in ["1.5", "-0.1", "half"] {
+            assert!(Args::try_parse_from(["gru-serve", "--otlp-sample-ratio", bad]).is_err());
+        }
     }
 }

@@ -22,6 +22,8 @@ pub mod metrics;
 pub mod server;
 #[cfg(feature = "grpc")]
 pub mod service;
+#[cfg(feature = "grpc")]
+pub mod telemetry;
 
 /// Sets the compute thread counts once, at start, before any compute runs:
 /// the rayon pool our large matmuls use, and `RAYON_NUM_THREADS`, which

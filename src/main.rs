@@ -1,7 +1,7 @@
 //! The gru-serve binary: parse flags, set up logging and threads, serve.
 
 use clap::Parser;
-use gru_serve::config::{Args, Command, LogFormat};
+use gru_serve::config::{Args, Command};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
@@ -65,12 +65,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("{}", serde_json::to_string_pretty(&config)?);
         return Ok(());
     }
-    let filter = tracing_subscriber::EnvFilter::try_new(&args.log)?;
-    let fmt = tracing_subscriber::fmt().with_env_filter(filter);
-    match args.log_format {
-        LogFormat::Json => fmt.json().init(),
-        LogFormat::Text => fmt.init(),
-    }
+    // Declared before the runtime so that it is dropped after it: the last
+    // spans are flushed once serving has stopped.
+    let _telemetry = gru_serve::telemetry::init(&args.log, args.log_format, args.otlp().as_ref())
+        .unwrap_or_else(|e| {
+            eprintln!("gru-serve: {e}");
+            std::process::exit(2);
+        });
     let config = args.server_config().unwrap_or_else(|e| {
         eprintln!("gru-serve: {e}");
         std::process::exit(2);

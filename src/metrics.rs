@@ -20,6 +20,7 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::codegen::http;
+use tracing::Instrument;
 
 use crate::engine::training::JobState;
 use crate::engine::Engine;
@@ -186,10 +187,11 @@ where
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
         let method = method_label(req.uri().path());
+        let span = crate::telemetry::rpc_span(&method, req.headers());
         let started = Instant::now();
-        let fut = self.inner.call(req);
+        let fut = span.in_scope(|| self.inner.call(req));
         Box::pin(async move {
-            let res = fut.await;
+            let res = fut.instrument(span.clone()).await;
             // Errors before any handler ran, and Trailers-Only error replies,
             // carry grpc-status in the head; otherwise the call succeeded so far.
             let code = match &res {
@@ -201,6 +203,7 @@ where
                     .map_or(tonic::Code::Ok, tonic::Code::from_i32),
                 Err(_) => tonic::Code::Internal,
             };
+            span.record("rpc.grpc.status_code", code as i32);
             let code = format!("{code:?}");
             metrics::counter!("gru_rpc_requests_total", "method" => method.clone(), "code" => code.clone())
                 .increment(1);
