@@ -39,11 +39,13 @@ COPY --from=builder /out/gru-serve /usr/local/bin/gru-serve
 # the server's uid: training writes new model versions into it.
 COPY --chown=10001:10001 models/ /models/
 ENV GRU_MODEL_DIR=/models \
-    GRU_LISTEN=0.0.0.0:50051
+    GRU_LISTEN=0.0.0.0:50051 \
+    GRU_METRICS_LISTEN=0.0.0.0:9090
 VOLUME ["/models"]
 USER 10001:10001
-# gRPC (gru.v1, grpc.health.v1, reflection).
-EXPOSE 50051
+# gRPC (gru.v1, grpc.health.v1, reflection); Prometheus text format on
+# http://<host>:9090/metrics.
+EXPOSE 50051 9090
 # The server drains in-flight requests on SIGTERM (GRU_DRAIN_TIMEOUT_SECS, 10 s
 # by default): give `docker stop` a longer --time than that.
 STOPSIGNAL SIGTERM

@@ -149,7 +149,9 @@ buildah images "$IMAGE"
 cfg() { buildah inspect --type image --format "$1" "$IMAGE"; }
 [ "$(cfg '{{.Docker.Config.User}}')" = "$GRU_UID:$GRU_UID" ] || die "image USER is not $GRU_UID:$GRU_UID"
 [ "$(cfg '{{.Docker.Config.StopSignal}}')" = "SIGTERM" ] || die "image STOPSIGNAL is not SIGTERM"
-cfg '{{.Docker.Config.ExposedPorts}}' | grep -q '50051/tcp' || die "50051 is not EXPOSEd"
+for port in 50051 9090; do
+    cfg '{{.Docker.Config.ExposedPorts}}' | grep -q "$port/tcp" || die "$port is not EXPOSEd"
+done
 cfg '{{.Docker.Config.Volumes}}' | grep -q '/models' || die "/models is not a VOLUME"
 HEALTH=$(cfg '{{range .Docker.Config.Healthcheck.Test}}{{.}} {{end}}')
 [[ $HEALTH == "CMD gru-serve health "* ]] || die "unexpected HEALTHCHECK: '$HEALTH'"
@@ -221,6 +223,22 @@ SERVER_UID=$(awk '/^Uid:/ {print $2}' "/proc/$SERVER_PID/status")
 echo "server pid $SERVER_PID runs as uid $SERVER_UID"
 grep "loaded model" "$LOG" | grep -q "sine" \
     || { cat "$LOG" >&2; die "the server did not load the built-in model 'sine' from /models"; }
+
+step "run: Prometheus scrape of http://127.0.0.1:$METRICS_PORT/metrics"
+# The health checks above were RPCs, so the request counter has moved; the
+# gauges are refreshed once a second, hence a few tries.
+scraped=""
+for _ in $(seq 1 10); do
+    SCRAPE=$(curl -sf --max-time 5 "http://127.0.0.1:$METRICS_PORT/metrics") || SCRAPE=""
+    if grep -qE '^gru_model_versions_loaded [1-9]' <<<"$SCRAPE" \
+        && grep -qE '^gru_rpc_requests_total\{.*method="grpc.health.v1.Health/Check"' <<<"$SCRAPE"; then
+        scraped=1
+        break
+    fi
+    sleep 0.5
+done
+[ -n "$scraped" ] || { echo "$SCRAPE" | head -n 40 >&2; die "/metrics lacks a loaded model version or the health-check requests"; }
+grep -E '^gru_(model_versions_loaded|rpc_requests_total)' <<<"$SCRAPE"
 
 step "stop: SIGTERM to the server"
 kill -TERM "$SERVER_PID"

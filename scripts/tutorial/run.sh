@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The tutorial (docs/TUTORIAL.md) end to end, as CI runs it:
 #
-#   1. builds the server and the tutorial examples (release);
+#   1. builds the server and the tutorial examples (release, or the dev
+#      profile with TUTORIAL_PROFILE=dev, as CI does right after `cargo test`
+#      has built everything they need);
 #   2. makes the Python venv from clients/python/requirements*.txt (reused
 #      while those files are unchanged) and generates the gRPC stubs;
 #   3. starts gru-serve on a copy of models/ on a free loopback port, with
@@ -18,12 +20,21 @@
 #   TUTORIAL_TORCH=0  skip the PyTorch steps (a venv without torch, by default
 #                     ~/.cache/gru-serve/tutorial-venv-notorch)
 #   TUTORIAL_OUT      keep the pictures here (default: a temporary folder)
+#   TUTORIAL_PROFILE  release (default) or dev: dev reuses the test build's
+#                     dependencies (optimised even in dev, see Cargo.toml), so
+#                     CI needs no second, release build of the whole tree
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$root"
 target="${CARGO_TARGET_DIR:-$root/target}"
-bin="$target/release/gru-serve"
-examples="$target/release/examples"
+profile="${TUTORIAL_PROFILE:-release}"
+case "$profile" in
+  release) profile_dir=release ;;
+  dev) profile_dir=debug ;;
+  *) echo "TUTORIAL_PROFILE must be release or dev, not '$profile'"; exit 2 ;;
+esac
+bin="$target/$profile_dir/gru-serve"
+examples="$target/$profile_dir/examples"
 torch="${TUTORIAL_TORCH:-1}"
 venv_default="${XDG_CACHE_HOME:-$HOME/.cache}/gru-serve/tutorial-venv"
 if [[ "$torch" != 1 ]]; then venv_default+="-notorch"; fi
@@ -60,7 +71,7 @@ step() {
 }
 
 build() {
-  cargo build --release --bin gru-serve --example tutorial_stream --example tutorial_train
+  cargo build --profile "$profile" --bin gru-serve --example tutorial_stream --example tutorial_train
 }
 
 make_venv() {
@@ -133,7 +144,7 @@ stop_server() {
 }
 
 total_start=$(date +%s.%N)
-step "build (release): gru-serve, tutorial_stream, tutorial_train" build
+step "build ($profile): gru-serve, tutorial_stream, tutorial_train" build
 
 # Features the PyTorch steps need from the binary.
 missing_export="" missing_poll=""
