@@ -190,9 +190,14 @@ impl<'a> CpuView<'a> {
     }
 }
 
-/// Below this many multiply-adds a matmul runs on the calling thread: at
-/// B = 1 two rayon threads are several times slower than one (measured).
-pub const PARALLEL_MIN_MACS: usize = 1 << 20;
+/// Below this many multiply-adds a matmul runs on the calling thread. Rayon
+/// loses on small products: on the 2-vCPU dev VM a wake-up of the other vCPU
+/// costs ~100 µs and the idle workers then `sched_yield`-spin against the
+/// caller, so even the B = 64 recurrent product (12.6 M MACs, ~170 µs serial)
+/// was no faster with 2 threads and the sequences around it got slower
+/// (BENCHMARKS.md). Only products of several milliseconds (BPTT's weight
+/// gradients at large T·B) are left to rayon.
+pub const PARALLEL_MIN_MACS: usize = 1 << 27;
 
 fn parallelism(m: usize, n: usize, k: usize) -> Parallelism {
     let threads = rayon::current_num_threads();
