@@ -277,13 +277,16 @@ fn bench_diag(c: &mut Criterion) {
         // The fused gate kernel over b rows (after_matmul, no cache).
         let gi = vals(b * 3 * H);
         let ghv = vals(b * 3 * H);
+        let (gi_bias, gh_bias_c) = (vals(3 * H), vals(H));
         let mut out = vec![0f32; b * H];
         g.bench_function(BenchmarkId::new(format!("B{b}"), "gates_after"), |bn| {
             bn.iter(|| {
                 for r in 0..b {
                     kernels::after_row(
                         &gi[r * 3 * H..(r + 1) * 3 * H],
+                        &gi_bias,
                         &ghv[r * 3 * H..(r + 1) * 3 * H],
+                        &gh_bias_c,
                         &h[r * H..(r + 1) * H],
                         &mut out[r * H..(r + 1) * H],
                         None,
