@@ -9,8 +9,9 @@
 //! Contract: `xs` is time-major [T, B, I], rows sorted by sequence length
 //! (longest first) so that at step t the live rows are the prefix
 //! `0..batch_sizes[t]`. Padded rows of `ys` are zero; each row's `h_last` is
-//! its state after its own last step. For whole sequences, the input
-//! projection of all T steps is one matmul.
+//! its state after its own last step. The input projections are computed for
+//! many steps per matmul (all T in the reference; L2-sized chunks of steps in
+//! the fused path).
 
 use candle_core::{Device, Storage, StorageRef, Tensor};
 use gemm::Parallelism;
@@ -337,8 +338,8 @@ pub(crate) fn matmul_into<T: Real>(
 }
 
 /// Scratch buffers of the fused forward, kept per thread between calls: at
-/// B = 64 allocating and zeroing them was ~20 µs per step (BPTT benchmark
-/// notes in BENCHMARKS.md), and the sizes repeat from call to call.
+/// B = 64 allocating and zeroing them was ~20 µs per step (BENCHMARKS.md,
+/// "Where the time goes"), and the sizes repeat from call to call.
 pub(crate) struct Workspace<T> {
     gi: Vec<T>,
     gh: Vec<T>,
