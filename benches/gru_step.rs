@@ -277,13 +277,16 @@ fn bench_diag(c: &mut Criterion) {
         // The fused gate kernel over b rows (after_matmul, no cache).
         let gi = vals(b * 3 * H);
         let ghv = vals(b * 3 * H);
+        let (gi_bias, gh_bias_c) = (vals(3 * H), vals(H));
         let mut out = vec![0f32; b * H];
         g.bench_function(BenchmarkId::new(format!("B{b}"), "gates_after"), |bn| {
             bn.iter(|| {
                 for r in 0..b {
                     kernels::after_row(
                         &gi[r * 3 * H..(r + 1) * 3 * H],
+                        &gi_bias,
                         &ghv[r * 3 * H..(r + 1) * 3 * H],
+                        &gh_bias_c,
                         &h[r * H..(r + 1) * H],
                         &mut out[r * H..(r + 1) * H],
                         None,
@@ -294,7 +297,8 @@ fn bench_diag(c: &mut Criterion) {
         });
     }
     g.finish();
-    // The input projection of a whole T = 100 sequence (one matmul), per step.
+    // The input projection of a whole T = 100 sequence as one matmul, per step
+    // (the fused forward now computes it in L2-sized chunks of steps).
     let mut g = c.benchmark_group(format!("diag_T{T}"));
     g.throughput(Throughput::Elements(T as u64));
     g.sampling_mode(SamplingMode::Flat);
@@ -305,7 +309,9 @@ fn bench_diag(c: &mut Criterion) {
         g.bench_function(BenchmarkId::new(format!("B{b}"), "gemm_ih_as_ours"), |bn| {
             bn.iter(|| gemm_into(&mut gi, black_box(&x), &w_ih, T * b, 3 * H, I, par))
         });
-        // The per-call buffers `forward` allocates and zeroes (gi [T·B, 3H], ys [T, B, H]).
+        // The per-call buffers `forward` allocated and zeroed before it kept a
+        // per-thread workspace (gi [T·B, 3H] with the bias fill, ys [T, B, H]);
+        // now only ys is allocated and zeroed per call.
         let bias = vals(3 * H);
         g.bench_function(
             BenchmarkId::new(format!("B{b}"), "alloc_zero_buffers"),
@@ -320,8 +326,9 @@ fn bench_diag(c: &mut Criterion) {
                 })
             },
         );
-        // What `forward` does to the outputs after the time loop: [T, B, H] -> [B, T, H]
-        // (transpose + contiguous), then the un-sort `index_select` (identity here).
+        // What `forward` did to the outputs after the time loop before the top
+        // layer wrote [B, T, H] directly: [T, B, H] -> [B, T, H] (transpose +
+        // contiguous), then the un-sort `index_select` (identity here, now skipped).
         let ys = rand(&[T, b, H]);
         let idx = Tensor::from_vec((0..b as u32).collect::<Vec<_>>(), b, &Device::Cpu).unwrap();
         g.bench_function(BenchmarkId::new(format!("B{b}"), "output_copies"), |bn| {

@@ -196,6 +196,47 @@ fn fused_kernels_match_reference_ops() {
     }
 }
 
+/// Shapes large enough that the fused forward projects the inputs in several
+/// chunks of steps (256 KiB of gi each: 2 steps here in f32, 1 in f64), with
+/// rows finishing inside and at the edges of chunks, a head and two layers.
+#[test]
+fn fused_matches_reference_across_input_projection_chunks() {
+    for mode in [ResetMode::AfterMatmul, ResetMode::BeforeMatmul] {
+        for dtype in [DType::F32, DType::F64] {
+            let prec = gru_serve::model::Precision::from_dtype(dtype).unwrap();
+            let cfg = gru_serve::model::ModelConfig::new(7, 200, 2)
+                .with_head(3)
+                .with_reset_mode(mode)
+                .with_dtype(prec);
+            let m = GruModel::init(cfg, 5, &Device::Cpu).unwrap();
+            let (b, t) = (50, 7);
+            let xs = rand_tensor(&[b, t, 7], 8, 1.5).to_dtype(dtype).unwrap();
+            let h0 = rand_tensor(&[2, b, 200], 9, 0.9).to_dtype(dtype).unwrap();
+            let lens: Vec<usize> = (0..b).map(|r| 1 + (r * 5) % t).collect();
+            let r = m.clone().with_backend(Backend::Reference);
+            let tol = if dtype == DType::F64 { 1e-12 } else { 5e-6 };
+            for lens in [lens, vec![t; b]] {
+                let (a, ha) = m.forward(&xs, &lens, Some(&h0)).unwrap();
+                let (want, hw) = r.forward(&xs, &lens, Some(&h0)).unwrap();
+                assert_close(&format!("{mode:?} {dtype:?} ys"), &a, &want, tol);
+                assert_close(&format!("{mode:?} {dtype:?} h_n"), &ha, &hw, tol);
+            }
+            // And without a head (the top layer writes [B, T, H] directly).
+            let cfg = gru_serve::model::ModelConfig::new(7, 200, 1)
+                .with_reset_mode(mode)
+                .with_dtype(prec);
+            let m = GruModel::init(cfg, 6, &Device::Cpu).unwrap();
+            let r = m.clone().with_backend(Backend::Reference);
+            let h0 = h0.narrow(0, 0, 1).unwrap();
+            let lens: Vec<usize> = (0..b).map(|r| t - (r * 3) % t).collect();
+            let (a, ha) = m.forward(&xs, &lens, Some(&h0)).unwrap();
+            let (want, hw) = r.forward(&xs, &lens, Some(&h0)).unwrap();
+            assert_close(&format!("{mode:?} {dtype:?} ys, no head"), &a, &want, tol);
+            assert_close(&format!("{mode:?} {dtype:?} h_n, no head"), &ha, &hw, tol);
+        }
+    }
+}
+
 /// Zero weights: z = ½ and the candidate is 0, so h_t = ½ h_{t−1} exactly.
 #[test]
 fn zero_weights_halve_the_state() {

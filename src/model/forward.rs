@@ -9,8 +9,9 @@
 //! Contract: `xs` is time-major [T, B, I], rows sorted by sequence length
 //! (longest first) so that at step t the live rows are the prefix
 //! `0..batch_sizes[t]`. Padded rows of `ys` are zero; each row's `h_last` is
-//! its state after its own last step. For whole sequences, the input
-//! projection of all T steps is one matmul.
+//! its state after its own last step. The input projections are computed for
+//! many steps per matmul (all T in the reference; L2-sized chunks of steps in
+//! the fused path).
 
 use candle_core::{Device, Storage, StorageRef, Tensor};
 use gemm::Parallelism;
@@ -32,7 +33,8 @@ pub enum Backend {
 
 /// What a layer's forward produces.
 pub(crate) struct LayerRun {
-    /// [T, B, H]; zero at padded positions.
+    /// [T, B, H] or, when asked for `YsLayout::BatchMajor`, [B, T, H]; zero at
+    /// padded positions.
     pub ys: Tensor,
     /// [B, H]: each row's state at its own last step.
     pub h_last: Tensor,
@@ -48,19 +50,24 @@ pub(crate) fn layer_forward(
     h0: &Tensor,
     want_cache: bool,
     backend: Backend,
+    layout: YsLayout,
 ) -> Result<LayerRun, ModelError> {
     if backend == Backend::Fused && matches!(xs.device(), Device::Cpu) {
         match xs.dtype() {
             candle_core::DType::F32 => {
-                return forward_cpu::<f32>(layer, xs, batch_sizes, h0, want_cache)
+                return forward_cpu::<f32>(layer, xs, batch_sizes, h0, want_cache, layout)
             }
             candle_core::DType::F64 => {
-                return forward_cpu::<f64>(layer, xs, batch_sizes, h0, want_cache)
+                return forward_cpu::<f64>(layer, xs, batch_sizes, h0, want_cache, layout)
             }
             _ => {}
         }
     }
-    forward_reference(layer, xs, batch_sizes, h0, want_cache)
+    let mut run = forward_reference(layer, xs, batch_sizes, h0, want_cache)?;
+    if layout == YsLayout::BatchMajor {
+        run.ys = run.ys.transpose(0, 1)?.contiguous()?;
+    }
+    Ok(run)
 }
 
 // ---------------------------------------------------------------- reference
@@ -190,9 +197,14 @@ impl<'a> CpuView<'a> {
     }
 }
 
-/// Below this many multiply-adds a matmul runs on the calling thread: at
-/// B = 1 two rayon threads are several times slower than one (measured).
-pub const PARALLEL_MIN_MACS: usize = 1 << 20;
+/// Below this many multiply-adds a matmul runs on the calling thread. Rayon
+/// loses on small products: on the 2-vCPU dev VM a wake-up of the other vCPU
+/// costs ~100 µs and the idle workers then `sched_yield`-spin against the
+/// caller, so even the B = 64 recurrent product (12.6 M MACs, ~170 µs serial)
+/// was no faster with 2 threads and the sequences around it got slower
+/// (BENCHMARKS.md). Only products of several milliseconds (BPTT's weight
+/// gradients at large T·B) are left to rayon.
+pub const PARALLEL_MIN_MACS: usize = 1 << 27;
 
 fn parallelism(m: usize, n: usize, k: usize) -> Parallelism {
     let threads = rayon::current_num_threads();
@@ -325,22 +337,115 @@ pub(crate) fn matmul_into<T: Real>(
     )
 }
 
-/// Fills each of the `m` rows of `dst` (width `bias.len()`) with `bias`.
-pub(crate) fn fill_rows<T: Copy>(dst: &mut [T], bias: &[T], m: usize) {
-    for row in dst.chunks_exact_mut(bias.len()).take(m) {
-        row.copy_from_slice(bias);
+/// Scratch buffers of the fused forward, kept per thread between calls: at
+/// B = 64 allocating and zeroing them was ~20 µs per step (BENCHMARKS.md,
+/// "Where the time goes"), and the sizes repeat from call to call.
+pub(crate) struct Workspace<T> {
+    gi: Vec<T>,
+    gh: Vec<T>,
+    h_a: Vec<T>,
+    h_b: Vec<T>,
+    rz: Vec<T>,
+    s: Vec<T>,
+}
+
+impl<T: Real> Workspace<T> {
+    const fn new() -> Self {
+        Workspace {
+            gi: Vec::new(),
+            gh: Vec::new(),
+            h_a: Vec::new(),
+            h_b: Vec::new(),
+            rz: Vec::new(),
+            s: Vec::new(),
+        }
+    }
+
+    /// Frees buffers that grew past `max_elems` (one huge batch should not
+    /// pin its memory in every thread that ever ran it).
+    fn trim(&mut self, max_elems: usize) {
+        for v in [
+            &mut self.gi,
+            &mut self.gh,
+            &mut self.h_a,
+            &mut self.h_b,
+            &mut self.rz,
+            &mut self.s,
+        ] {
+            if v.capacity() > max_elems {
+                *v = Vec::new();
+            }
+        }
     }
 }
 
-fn forward_cpu<T: Real>(
+/// `v[..n]`, grown (zero-filled) if shorter. Callers overwrite what they read.
+fn buf<T: Real>(v: &mut Vec<T>, n: usize) -> &mut [T] {
+    if v.len() < n {
+        v.resize(n, T::zero());
+    }
+    &mut v[..n]
+}
+
+/// The per-thread workspace for `T`.
+pub(crate) trait HasWorkspace: Real {
+    fn with_workspace<R>(f: impl FnOnce(&mut Workspace<Self>) -> R) -> R;
+}
+
+macro_rules! workspace_impl {
+    ($t:ty) => {
+        impl HasWorkspace for $t {
+            fn with_workspace<R>(f: impl FnOnce(&mut Workspace<$t>) -> R) -> R {
+                thread_local! {
+                    static WS: std::cell::RefCell<Workspace<$t>> =
+                        const { std::cell::RefCell::new(Workspace::new()) };
+                }
+                WS.with(|ws| match ws.try_borrow_mut() {
+                    Ok(mut ws) => {
+                        let r = f(&mut ws);
+                        ws.trim(WORKSPACE_MAX_ELEMS);
+                        r
+                    }
+                    // Re-entered (not expected): use fresh buffers.
+                    Err(_) => f(&mut Workspace::new()),
+                })
+            }
+        }
+    };
+}
+workspace_impl!(f32);
+workspace_impl!(f64);
+
+/// Workspace buffers larger than this (elements) are freed after the call.
+const WORKSPACE_MAX_ELEMS: usize = 4 << 20;
+
+/// Target size of one chunk of input projections (`gi`): the projections are
+/// computed a few steps at a time so the chunk is still in L2 when the time
+/// loop reads it, instead of one T·B·3H buffer (19.7 MB at T = 100, B = 64)
+/// written to and read back from memory.
+const GI_CHUNK_BYTES: usize = 256 << 10;
+
+/// Where the fused forward writes the layer outputs.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum YsLayout {
+    /// [T, B, H]: the next layer's input and what BPTT reads.
+    TimeMajor,
+    /// [B, T, H]: what `GruModel::forward` returns; written directly so the
+    /// top layer's outputs need no transpose afterwards.
+    BatchMajor,
+}
+
+fn forward_cpu<T: HasWorkspace>(
     layer: &GruLayer,
     xs: &Tensor,
     batch_sizes: &[usize],
     h0: &Tensor,
     want_cache: bool,
+    layout: YsLayout,
 ) -> Result<LayerRun, ModelError> {
     let (t_len, b_all, i) = xs.dims3()?;
     let hs = layer.hidden_size;
+    let h3 = 3 * hs;
     let (xs, h0) = (xs.contiguous()?, h0.contiguous()?);
     let xv = CpuView::new(&xs)?;
     let wih = CpuView::new(&layer.w_ih)?;
@@ -349,120 +454,152 @@ fn forward_cpu<T: Real>(
     let ghb = CpuView::new(&layer.gh_bias)?;
     let h0v = CpuView::new(&h0)?;
     let (x, w_ih, w_hh) = (xv.slice::<T>()?, wih.slice::<T>()?, whh.slice::<T>()?);
-    let (gi_bias, gh_bias) = (gib.slice::<T>()?, ghb.slice::<T>()?);
+    let (gi_bias, gh_bias_c) = (gib.slice::<T>()?, &ghb.slice::<T>()?[2 * hs..]);
+    let h0s = h0v.slice::<T>()?;
 
-    // All T steps' input projections in one matmul.
-    let rows = t_len * b_all;
-    let mut gi = vec![T::zero(); rows * 3 * hs];
-    fill_rows(&mut gi, gi_bias, rows);
-    matmul_into(
-        &mut gi,
-        rows,
-        3 * hs,
-        i,
-        Rows::new(x, 0, i),
-        Rows::new(w_ih, 0, 3 * hs),
-        true,
-    );
-
+    // Output (t, row) starts at t·ts + row·rs.
+    let (ts, rs) = match layout {
+        YsLayout::TimeMajor => (b_all * hs, hs),
+        YsLayout::BatchMajor => (hs, t_len * hs),
+    };
+    // Zero-filled: padded positions must read zero.
     let mut ys = vec![T::zero(); t_len * b_all * hs];
-    let mut state = h0v.slice::<T>()?.to_vec();
     let mut cache = if want_cache {
         vec![T::zero(); t_len * b_all * 4 * hs]
     } else {
         Vec::new()
     };
-    let mut gh = vec![T::zero(); b_all * 3 * hs];
-    let mut s = vec![T::zero(); b_all * hs];
-    let mut rz = vec![T::zero(); b_all * 2 * hs];
+    let chunk_steps = (GI_CHUNK_BYTES / (std::mem::size_of::<T>() * b_all * h3)).clamp(1, t_len);
 
-    for (t, &b) in batch_sizes.iter().enumerate() {
-        if b == 0 {
-            continue;
-        }
-        let gi_t = Rows::new(&gi, t * b_all * 3 * hs, 3 * hs);
-        let y_t = &mut ys[t * b_all * hs..(t + 1) * b_all * hs];
-        let mut cache_t = if want_cache {
-            Some(&mut cache[t * b_all * 4 * hs..(t + 1) * b_all * 4 * hs])
-        } else {
-            None
-        };
-        match layer.mode {
-            ResetMode::AfterMatmul => {
-                fill_rows(&mut gh, gh_bias, b);
-                let hv = Rows::new(&state, 0, hs);
-                matmul_into(&mut gh, b, 3 * hs, hs, hv, Rows::new(w_hh, 0, 3 * hs), true);
-                for row in 0..b {
-                    let c = cache_t
-                        .as_deref_mut()
-                        .map(|c| &mut c[row * 4 * hs..(row + 1) * 4 * hs]);
-                    kernels::after_row(
-                        gi_t.row(row, 3 * hs),
-                        &gh[row * 3 * hs..(row + 1) * 3 * hs],
-                        &state[row * hs..(row + 1) * hs],
-                        &mut y_t[row * hs..(row + 1) * hs],
-                        c,
-                    );
-                }
-            }
+    T::with_workspace(|ws| {
+        let gi = buf(&mut ws.gi, chunk_steps * b_all * h3);
+        let gh = buf(&mut ws.gh, b_all * h3);
+        let (rz, s) = match layer.mode {
+            ResetMode::AfterMatmul => (&mut [][..], &mut [][..]),
             ResetMode::BeforeMatmul => {
-                let hv = Rows::new(&state, 0, hs);
-                // grz = h [U_r | U_z]: the first 2H columns of w_hh.
-                matmul_into(
-                    &mut gh,
-                    b,
-                    2 * hs,
-                    hs,
-                    hv,
-                    Rows::new(w_hh, 0, 3 * hs),
-                    false,
-                );
-                for row in 0..b {
-                    kernels::before_gates_row(
-                        gi_t.row(row, 3 * hs),
-                        &gh[row * 2 * hs..(row + 1) * 2 * hs],
-                        &state[row * hs..(row + 1) * hs],
-                        &mut rz[row * 2 * hs..(row + 1) * 2 * hs],
-                        &mut s[row * hs..(row + 1) * hs],
-                    );
+                (buf(&mut ws.rz, b_all * 2 * hs), buf(&mut ws.s, b_all * hs))
+            }
+        };
+        // h_{t−1} and h_t of the live rows; h_{−1} is read from h0 directly.
+        let mut h_prev = buf(&mut ws.h_a, b_all * hs);
+        let mut h_next = buf(&mut ws.h_b, b_all * hs);
+        for c0 in (0..t_len).step_by(chunk_steps) {
+            let c1 = (c0 + chunk_steps).min(t_len);
+            // Live rows are a prefix that only shrinks: project those of step c0.
+            let live = batch_sizes[c0];
+            if live == 0 {
+                break;
+            }
+            // Rows of steps c0..c1 are consecutive in x [T, B, I]; rows that
+            // die inside the chunk are projected anyway and never read.
+            let rows = (c1 - c0 - 1) * b_all + live;
+            matmul_into(
+                gi,
+                rows,
+                h3,
+                i,
+                Rows::new(x, c0 * b_all * i, i),
+                Rows::new(w_ih, 0, h3),
+                false,
+            );
+            for t in c0..c1 {
+                let b = batch_sizes[t];
+                if b == 0 {
+                    break;
                 }
-                // gs = (r ⊙ h) U_h: the last H columns of w_hh.
-                let sv = Rows::new(&s, 0, hs);
-                matmul_into(
-                    &mut gh,
-                    b,
-                    hs,
-                    hs,
-                    sv,
-                    Rows::new(w_hh, 2 * hs, 3 * hs),
-                    false,
-                );
-                for row in 0..b {
-                    let rz_row = &rz[row * 2 * hs..(row + 1) * 2 * hs];
-                    let mut c_out = None;
-                    if let Some(c) = cache_t.as_deref_mut() {
-                        let c = &mut c[row * 4 * hs..(row + 1) * 4 * hs];
-                        c[..2 * hs].copy_from_slice(rz_row);
-                        c_out = Some(&mut c[2 * hs..3 * hs]);
+                let gi_t = Rows::new(gi, (t - c0) * b_all * h3, h3);
+                let hp: &[T] = if t == 0 { h0s } else { h_prev };
+                let mut cache_t = if want_cache {
+                    Some(&mut cache[t * b_all * 4 * hs..(t + 1) * b_all * 4 * hs])
+                } else {
+                    None
+                };
+                match layer.mode {
+                    ResetMode::AfterMatmul => {
+                        let hv = Rows::new(hp, 0, hs);
+                        matmul_into(gh, b, h3, hs, hv, Rows::new(w_hh, 0, h3), false);
+                        for row in 0..b {
+                            let c = cache_t
+                                .as_deref_mut()
+                                .map(|c| &mut c[row * 4 * hs..(row + 1) * 4 * hs]);
+                            kernels::after_row(
+                                gi_t.row(row, h3),
+                                gi_bias,
+                                &gh[row * h3..(row + 1) * h3],
+                                gh_bias_c,
+                                &hp[row * hs..(row + 1) * hs],
+                                &mut h_next[row * hs..(row + 1) * hs],
+                                c,
+                            );
+                        }
                     }
-                    kernels::before_candidate_row(
-                        gi_t.cols_from(2 * hs).row(row, hs),
-                        &gh[row * hs..(row + 1) * hs],
-                        &rz_row[hs..],
-                        &state[row * hs..(row + 1) * hs],
-                        &mut y_t[row * hs..(row + 1) * hs],
-                        c_out,
-                    );
+                    ResetMode::BeforeMatmul => {
+                        let hv = Rows::new(hp, 0, hs);
+                        // grz = h [U_r | U_z]: the first 2H columns of w_hh.
+                        matmul_into(gh, b, 2 * hs, hs, hv, Rows::new(w_hh, 0, h3), false);
+                        for row in 0..b {
+                            kernels::before_gates_row(
+                                gi_t.row(row, h3),
+                                gi_bias,
+                                &gh[row * 2 * hs..(row + 1) * 2 * hs],
+                                &hp[row * hs..(row + 1) * hs],
+                                &mut rz[row * 2 * hs..(row + 1) * 2 * hs],
+                                &mut s[row * hs..(row + 1) * hs],
+                            );
+                        }
+                        // gs = (r ⊙ h) U_h: the last H columns of w_hh.
+                        let sv = Rows::new(&*s, 0, hs);
+                        matmul_into(gh, b, hs, hs, sv, Rows::new(w_hh, 2 * hs, h3), false);
+                        for row in 0..b {
+                            let rz_row = &rz[row * 2 * hs..(row + 1) * 2 * hs];
+                            let mut c_out = None;
+                            if let Some(c) = cache_t.as_deref_mut() {
+                                let c = &mut c[row * 4 * hs..(row + 1) * 4 * hs];
+                                c[..2 * hs].copy_from_slice(rz_row);
+                                c_out = Some(&mut c[2 * hs..3 * hs]);
+                            }
+                            kernels::before_candidate_row(
+                                gi_t.cols_from(2 * hs).row(row, hs),
+                                &gi_bias[2 * hs..],
+                                &gh[row * hs..(row + 1) * hs],
+                                &rz_row[hs..],
+                                &hp[row * hs..(row + 1) * hs],
+                                &mut h_next[row * hs..(row + 1) * hs],
+                                c_out,
+                            );
+                        }
+                    }
                 }
+                for (row, h) in h_next[..b * hs].chunks_exact(hs).enumerate() {
+                    let o = t * ts + row * rs;
+                    ys[o..o + hs].copy_from_slice(h);
+                }
+                std::mem::swap(&mut h_prev, &mut h_next);
             }
         }
-        state[..b * hs].copy_from_slice(&y_t[..b * hs]);
+    });
+
+    // Each row's final state: its output at its own last step (h0 if none).
+    let mut h_last = Vec::with_capacity(b_all * hs);
+    for row in 0..b_all {
+        let steps = batch_sizes.partition_point(|&b| b > row);
+        match steps {
+            0 => h_last.extend_from_slice(&h0s[row * hs..(row + 1) * hs]),
+            n => {
+                let o = (n - 1) * ts + row * rs;
+                h_last.extend_from_slice(&ys[o..o + hs]);
+            }
+        }
     }
     drop((xv, wih, whh, gib, ghb, h0v));
     let dev = Device::Cpu;
+    let ys_shape = match layout {
+        YsLayout::TimeMajor => (t_len, b_all, hs),
+        YsLayout::BatchMajor => (b_all, t_len, hs),
+    };
     Ok(LayerRun {
-        ys: Tensor::from_vec(ys, (t_len, b_all, hs), &dev)?,
-        h_last: Tensor::from_vec(state, (b_all, hs), &dev)?,
+        ys: Tensor::from_vec(ys, ys_shape, &dev)?,
+        h_last: Tensor::from_vec(h_last, (b_all, hs), &dev)?,
         cache: if want_cache {
             Some(Tensor::from_vec(cache, (t_len, b_all, 4 * hs), &dev)?)
         } else {

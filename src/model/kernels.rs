@@ -162,20 +162,24 @@ macro_rules! dispatch {
 
 dispatch! {
     /// reset-after step for one row.
-    /// `gi` = x W_ih + b_ih + [b_hr, b_hz, 0] and `gh` = h W_hh + [0, 0, b_hn] (both 3H wide);
-    /// writes h' and, when `cache` is given, [r | z | c | g] (4H) with g = W_hn h + b_hn.
-    fn after_row<T>(gi: &[T], gh: &[T], h: &[T], out: &mut [T], cache: Option<&mut [T]>) {
+    /// `gi` = x W_ih and `gh` = h W_hh (3H wide, no biases); `gi_bias` =
+    /// b_ih + [b_hr, b_hz, 0] (3H) and `gh_bias_c` = b_hn (H) are added here
+    /// rather than pre-filled into the product buffers (one pass less over them).
+    /// Writes h' and, when `cache` is given, [r | z | c | g] (4H) with g = W_hn h + b_hn.
+    fn after_row<T>(gi: &[T], gi_bias: &[T], gh: &[T], gh_bias_c: &[T], h: &[T], out: &mut [T], cache: Option<&mut [T]>) {
         // Every slice cut to exactly `hs` so the bounds checks vanish and the loop vectorizes.
         let hs = h.len();
         let (gi_r, gi_z, gi_c) = (&gi[..hs], &gi[hs..2 * hs], &gi[2 * hs..3 * hs]);
+        let (bi_r, bi_z, bi_c) = (&gi_bias[..hs], &gi_bias[hs..2 * hs], &gi_bias[2 * hs..3 * hs]);
         let (gh_r, gh_z, gh_c) = (&gh[..hs], &gh[hs..2 * hs], &gh[2 * hs..3 * hs]);
+        let bh_c = &gh_bias_c[..hs];
         let out = &mut out[..hs];
         match cache {
             None => {
                 for j in 0..hs {
-                    let r = (gi_r[j] + gh_r[j]).sigmoid_k();
-                    let z = (gi_z[j] + gh_z[j]).sigmoid_k();
-                    let c = (gi_c[j] + r * gh_c[j]).tanh_k();
+                    let r = (gi_r[j] + bi_r[j] + gh_r[j]).sigmoid_k();
+                    let z = (gi_z[j] + bi_z[j] + gh_z[j]).sigmoid_k();
+                    let c = (gi_c[j] + bi_c[j] + r * (gh_c[j] + bh_c[j])).tanh_k();
                     out[j] = h[j] + z * (c - h[j]);
                 }
             }
@@ -185,14 +189,15 @@ dispatch! {
                 let (cc, cg) = rest.split_at_mut(hs);
                 let (cz, cc, cg) = (&mut cz[..hs], &mut cc[..hs], &mut cg[..hs]);
                 for j in 0..hs {
-                    let r = (gi_r[j] + gh_r[j]).sigmoid_k();
-                    let z = (gi_z[j] + gh_z[j]).sigmoid_k();
-                    let c = (gi_c[j] + r * gh_c[j]).tanh_k();
+                    let r = (gi_r[j] + bi_r[j] + gh_r[j]).sigmoid_k();
+                    let z = (gi_z[j] + bi_z[j] + gh_z[j]).sigmoid_k();
+                    let g = gh_c[j] + bh_c[j];
+                    let c = (gi_c[j] + bi_c[j] + r * g).tanh_k();
                     out[j] = h[j] + z * (c - h[j]);
                     cr[j] = r;
                     cz[j] = z;
                     cc[j] = c;
-                    cg[j] = gh_c[j];
+                    cg[j] = g;
                 }
             }
         }
@@ -200,41 +205,43 @@ dispatch! {
 }
 
 dispatch! {
-    /// reset-before, first half: r and z from `gi` (3H; only r, z used) and
-    /// `grz` = h [U_r | U_z] (2H). Writes `rz` = [r | z] and `s` = r ⊙ h.
-    fn before_gates_row<T>(gi: &[T], grz: &[T], h: &[T], rz: &mut [T], s: &mut [T]) {
+    /// reset-before, first half: r and z from `gi` (3H, no bias; only r, z
+    /// used), `gi_bias` (its r, z blocks) and `grz` = h [U_r | U_z] (2H).
+    /// Writes `rz` = [r | z] and `s` = r ⊙ h.
+    fn before_gates_row<T>(gi: &[T], gi_bias: &[T], grz: &[T], h: &[T], rz: &mut [T], s: &mut [T]) {
         let hs = h.len();
         let (r_out, z_out) = rz.split_at_mut(hs);
         let (z_out, s) = (&mut z_out[..hs], &mut s[..hs]);
         let (gi_r, gi_z) = (&gi[..hs], &gi[hs..2 * hs]);
+        let (bi_r, bi_z) = (&gi_bias[..hs], &gi_bias[hs..2 * hs]);
         let (g_r, g_z) = (&grz[..hs], &grz[hs..2 * hs]);
         for j in 0..hs {
-            let r = (gi_r[j] + g_r[j]).sigmoid_k();
+            let r = (gi_r[j] + bi_r[j] + g_r[j]).sigmoid_k();
             r_out[j] = r;
-            z_out[j] = (gi_z[j] + g_z[j]).sigmoid_k();
+            z_out[j] = (gi_z[j] + bi_z[j] + g_z[j]).sigmoid_k();
             s[j] = r * h[j];
         }
     }
 }
 
 dispatch! {
-    /// reset-before, second half: c = tanh(gi_c + (r ⊙ h) U_h), h' = h + z ⊙ (c − h).
-    /// `gi_c` and `gs` are H wide; `z` is the z block. Writes h' and optionally c.
-    fn before_candidate_row<T>(gi_c: &[T], gs: &[T], z: &[T], h: &[T], out: &mut [T], c_out: Option<&mut [T]>) {
+    /// reset-before, second half: c = tanh(gi_c + b_c + (r ⊙ h) U_h), h' = h + z ⊙ (c − h).
+    /// `gi_c`, `bias_c` and `gs` are H wide; `z` is the z block. Writes h' and optionally c.
+    fn before_candidate_row<T>(gi_c: &[T], bias_c: &[T], gs: &[T], z: &[T], h: &[T], out: &mut [T], c_out: Option<&mut [T]>) {
         let hs = h.len();
         let out = &mut out[..hs];
-        let (gi_c, gs, z) = (&gi_c[..hs], &gs[..hs], &z[..hs]);
+        let (gi_c, bias_c, gs, z) = (&gi_c[..hs], &bias_c[..hs], &gs[..hs], &z[..hs]);
         match c_out {
             None => {
                 for j in 0..hs {
-                    let c = (gi_c[j] + gs[j]).tanh_k();
+                    let c = (gi_c[j] + bias_c[j] + gs[j]).tanh_k();
                     out[j] = h[j] + z[j] * (c - h[j]);
                 }
             }
             Some(c_out) => {
                 let c_out = &mut c_out[..hs];
                 for j in 0..hs {
-                    let c = (gi_c[j] + gs[j]).tanh_k();
+                    let c = (gi_c[j] + bias_c[j] + gs[j]).tanh_k();
                     out[j] = h[j] + z[j] * (c - h[j]);
                     c_out[j] = c;
                 }

@@ -5,7 +5,7 @@ use candle_core::{DType, Device, Tensor};
 use rand::{Rng, SeedableRng};
 
 use super::config::{ModelConfig, Precision};
-use super::forward::{layer_forward, Backend, LayerRun};
+use super::forward::{layer_forward, Backend, LayerRun, YsLayout};
 use super::layer::{expect_shape, GruLayer, LayerParams};
 use super::ModelError;
 
@@ -232,8 +232,33 @@ impl GruModel {
                 self.config.input_size
             )));
         }
-        let (ys, state) = self.forward(&x.reshape((b, 1, i))?, &vec![1; b], Some(state))?;
-        Ok((ys.squeeze(1)?, state))
+        self.check_batch(&x.reshape((b, 1, i))?, &vec![1; b], Some(state))?;
+        // T = 1 and every row live: [B, 1, I] and [1, B, I] are the same
+        // memory and the sort is the identity, so the layers run on views of
+        // the inputs with none of `forward`'s sort/transpose/un-sort copies
+        // (~5–7 µs per call at B = 1, BENCHMARKS.md).
+        let mut input = x.reshape((1, b, i))?;
+        let mut h_last = Vec::with_capacity(self.layers.len());
+        for (k, layer) in self.layers.iter().enumerate() {
+            let h0 = state.get(k)?;
+            let run = layer_forward(
+                layer,
+                &input,
+                &[b],
+                &h0,
+                false,
+                self.backend,
+                YsLayout::TimeMajor,
+            )?;
+            input = run.ys;
+            h_last.push(run.h_last);
+        }
+        let h = input.reshape((b, self.config.hidden_size))?;
+        let y = match &self.head {
+            None => h,
+            Some(head) => head.apply(&h)?,
+        };
+        Ok((y, stack_states(&h_last)?))
     }
 
     /// A padded batch of variable-length sequences: xs [B, T, I] with
@@ -248,10 +273,13 @@ impl GruModel {
     ) -> Result<(Tensor, Tensor), ModelError> {
         let (cache, ys) = self.forward_impl(xs, lengths, state, false)?;
         let h_last: Vec<Tensor> = cache.layers.iter().map(|l| l.run.h_last.clone()).collect();
+        let h_n = stack_states(&h_last)?;
+        if is_identity(&cache.order) {
+            // All lengths equal (the common case): nothing to un-sort.
+            return Ok((ys, h_n));
+        }
         let unsort = inverse_index(&cache.order, &self.device)?;
-        let ys = ys.index_select(&unsort, 0)?;
-        let h_n = Tensor::stack(&h_last, 0)?.index_select(&unsort, 1)?;
-        Ok((ys, h_n))
+        Ok((ys.index_select(&unsort, 0)?, h_n.index_select(&unsort, 1)?))
     }
 
     /// Forward pass that keeps what BPTT needs. Returns the cache and the
@@ -270,7 +298,7 @@ impl GruModel {
         let batch_sizes: Vec<usize> = (0..t_len)
             .map(|t| lengths.iter().filter(|&&l| l > t).count())
             .collect();
-        let identity = order.iter().enumerate().all(|(k, &r)| k == r);
+        let identity = is_identity(&order);
         let idx = Tensor::from_vec(
             order.iter().map(|&r| r as u32).collect::<Vec<_>>(),
             b,
@@ -289,28 +317,58 @@ impl GruModel {
             Some(s) => sort(s, 1)?,
             None => self.zero_state(b)?,
         };
-        let mut layers = Vec::with_capacity(self.layers.len());
+        // BPTT reads every layer's outputs time-major; otherwise the top layer
+        // writes [B, T, H] directly, the layout returned.
+        let n_layers = self.layers.len();
+        let top_layout = if want_cache {
+            YsLayout::TimeMajor
+        } else {
+            YsLayout::BatchMajor
+        };
+        let mut layers = Vec::with_capacity(n_layers);
         for (k, layer) in self.layers.iter().enumerate() {
             let h0 = h0_all.get(k)?.contiguous()?;
-            let run = layer_forward(layer, &input, &batch_sizes, &h0, want_cache, self.backend)?;
+            let layout = if k + 1 == n_layers {
+                top_layout
+            } else {
+                YsLayout::TimeMajor
+            };
+            let run = layer_forward(
+                layer,
+                &input,
+                &batch_sizes,
+                &h0,
+                want_cache,
+                self.backend,
+                layout,
+            )?;
             let next = run.ys.clone();
             layers.push(LayerCache { input, h0, run });
             input = next;
         }
         debug_assert_eq!(input.dims()[2], self.config.hidden_size);
         let _ = i;
-        // `input` now holds the top layer's outputs [T, B, H].
-        let ys = match &self.head {
-            None => input,
-            Some(head) => {
-                let hsz = self.config.hidden_size;
+        // `input` now holds the top layer's outputs, [T, B, H] or [B, T, H].
+        let hsz = self.config.hidden_size;
+        let ys = match (&self.head, top_layout) {
+            (None, YsLayout::TimeMajor) => input.transpose(0, 1)?.contiguous()?,
+            (None, YsLayout::BatchMajor) => input,
+            (Some(head), layout) => {
+                let o = head.b.dim(0)?;
                 let y = head.apply(&input.reshape((t_len * b, hsz))?)?;
                 let mask = step_mask(&batch_sizes, b, self.dtype(), &self.device)?;
-                y.reshape((t_len, b, head.b.dim(0)?))?
-                    .broadcast_mul(&mask)?
+                match layout {
+                    YsLayout::TimeMajor => y
+                        .reshape((t_len, b, o))?
+                        .broadcast_mul(&mask)?
+                        .transpose(0, 1)?
+                        .contiguous()?,
+                    YsLayout::BatchMajor => y
+                        .reshape((b, t_len, o))?
+                        .broadcast_mul(&mask.transpose(0, 1)?)?,
+                }
             }
-        };
-        let ys = ys.transpose(0, 1)?.contiguous()?; // [B, T, O], sorted rows
+        }; // [B, T, O], sorted rows
         Ok((
             ForwardCache {
                 layers,
@@ -397,6 +455,18 @@ pub(crate) fn step_mask(
         m[t * b..t * b + n].fill(1.0);
     }
     Tensor::from_vec(m, (batch_sizes.len(), b, 1), device)?.to_dtype(dtype)
+}
+
+fn is_identity(order: &[usize]) -> bool {
+    order.iter().enumerate().all(|(k, &r)| k == r)
+}
+
+/// Per-layer [B, H] states → [L, B, H] (no copy for one layer).
+fn stack_states(h: &[Tensor]) -> candle_core::Result<Tensor> {
+    match h {
+        [one] => one.unsqueeze(0),
+        _ => Tensor::stack(h, 0),
+    }
 }
 
 pub(crate) fn inverse_index(order: &[usize], device: &Device) -> candle_core::Result<Tensor> {
