@@ -156,7 +156,6 @@ mod otlp {
                         .build(),
                 )
                 .build();
-            opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
             Ok(Pipeline { provider, runtime })
         }
 
