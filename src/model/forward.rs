@@ -435,6 +435,79 @@ pub(crate) enum YsLayout {
     BatchMajor,
 }
 
+/// Rows per block when a layer's batch is split over threads: fewer makes
+/// the products too thin to be efficient.
+const MIN_BLOCK_ROWS: usize = 8;
+
+/// A layer run below this many multiply-adds (all steps, input and recurrent
+/// products) stays on the calling thread: handing half of it to a helper
+/// costs ~5 µs when the helper is spinning and ~70 µs when it is parked.
+const SPLIT_MIN_MACS: usize = 1 << 22;
+
+/// Splits rows `0..b_all` into contiguous blocks of about equal work (steps
+/// × rows; rows are sorted longest first), one per thread, each at least
+/// `MIN_BLOCK_ROWS` rows. One block when splitting would not pay.
+fn row_blocks(
+    batch_sizes: &[usize],
+    b_all: usize,
+    macs_per_row_step: usize,
+    threads: usize,
+) -> Vec<(usize, usize)> {
+    let work: usize = batch_sizes.iter().sum();
+    let parts = threads.min(b_all / MIN_BLOCK_ROWS);
+    if parts <= 1 || work.saturating_mul(macs_per_row_step) < SPLIT_MIN_MACS {
+        return vec![(0, b_all)];
+    }
+    // Steps of row r: how many t have it live.
+    let steps = |r: usize| batch_sizes.partition_point(|&b| b > r);
+    let mut blocks = Vec::with_capacity(parts);
+    let (mut r0, mut done) = (0, 0usize);
+    for k in 1..parts {
+        let target = work * k / parts;
+        let mut r = r0;
+        // Take rows until this block reaches its share, leaving enough rows
+        // for the blocks after it.
+        while r < b_all - MIN_BLOCK_ROWS * (parts - k) && (r < r0 + MIN_BLOCK_ROWS || done < target)
+        {
+            done += steps(r);
+            r += 1;
+        }
+        blocks.push((r0, r));
+        r0 = r;
+    }
+    blocks.push((r0, b_all));
+    blocks
+}
+
+/// Output memory that the row blocks of one forward write concurrently.
+struct SharedOut<T> {
+    ptr: *mut T,
+    len: usize,
+}
+
+// SAFETY: blocks write disjoint rows (see `rows_mut`); T is plain data.
+unsafe impl<T: Send> Sync for SharedOut<T> {}
+
+impl<T> SharedOut<T> {
+    fn new(v: &mut [T]) -> Self {
+        SharedOut {
+            ptr: v.as_mut_ptr(),
+            len: v.len(),
+        }
+    }
+
+    /// `len` elements from `start`.
+    ///
+    /// # Safety
+    /// No two live slices from this may overlap: each row block only asks
+    /// for positions of its own rows.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn rows_mut(&self, start: usize, len: usize) -> &mut [T] {
+        assert!(start + len <= self.len, "forward output index out of range");
+        std::slice::from_raw_parts_mut(self.ptr.add(start), len)
+    }
+}
+
 fn forward_cpu<T: HasWorkspace>(
     layer: &GruLayer,
     xs: &Tensor,
@@ -453,15 +526,27 @@ fn forward_cpu<T: HasWorkspace>(
     let gib = CpuView::new(&layer.gi_bias)?;
     let ghb = CpuView::new(&layer.gh_bias)?;
     let h0v = CpuView::new(&h0)?;
-    let (x, w_ih, w_hh) = (xv.slice::<T>()?, wih.slice::<T>()?, whh.slice::<T>()?);
-    let (gi_bias, gh_bias_c) = (gib.slice::<T>()?, &ghb.slice::<T>()?[2 * hs..]);
     let h0s = h0v.slice::<T>()?;
-
-    // Output (t, row) starts at t·ts + row·rs.
-    let (ts, rs) = match layout {
-        YsLayout::TimeMajor => (b_all * hs, hs),
-        YsLayout::BatchMajor => (hs, t_len * hs),
+    let ctx = LoopCtx {
+        mode: layer.mode,
+        t_len,
+        b_all,
+        i,
+        hs,
+        x: xv.slice::<T>()?,
+        w_ih: wih.slice::<T>()?,
+        w_hh: whh.slice::<T>()?,
+        gi_bias: gib.slice::<T>()?,
+        gh_bias_c: &ghb.slice::<T>()?[2 * hs..],
+        h0: h0s,
+        batch_sizes,
+        // Output (t, row) starts at t·ts + row·rs.
+        ys_strides: match layout {
+            YsLayout::TimeMajor => (b_all * hs, hs),
+            YsLayout::BatchMajor => (hs, t_len * hs),
+        },
     };
+    let (ts, rs) = ctx.ys_strides;
     // Zero-filled: padded positions must read zero.
     let mut ys = vec![T::zero(); t_len * b_all * hs];
     let mut cache = if want_cache {
@@ -469,114 +554,16 @@ fn forward_cpu<T: HasWorkspace>(
     } else {
         Vec::new()
     };
-    let chunk_steps = (GI_CHUNK_BYTES / (std::mem::size_of::<T>() * b_all * h3)).clamp(1, t_len);
-
-    T::with_workspace(|ws| {
-        let gi = buf(&mut ws.gi, chunk_steps * b_all * h3);
-        let gh = buf(&mut ws.gh, b_all * h3);
-        let (rz, s) = match layer.mode {
-            ResetMode::AfterMatmul => (&mut [][..], &mut [][..]),
-            ResetMode::BeforeMatmul => {
-                (buf(&mut ws.rz, b_all * 2 * hs), buf(&mut ws.s, b_all * hs))
-            }
-        };
-        // h_{t−1} and h_t of the live rows; h_{−1} is read from h0 directly.
-        let mut h_prev = buf(&mut ws.h_a, b_all * hs);
-        let mut h_next = buf(&mut ws.h_b, b_all * hs);
-        for c0 in (0..t_len).step_by(chunk_steps) {
-            let c1 = (c0 + chunk_steps).min(t_len);
-            // Live rows are a prefix that only shrinks: project those of step c0.
-            let live = batch_sizes[c0];
-            if live == 0 {
-                break;
-            }
-            // Rows of steps c0..c1 are consecutive in x [T, B, I]; rows that
-            // die inside the chunk are projected anyway and never read.
-            let rows = (c1 - c0 - 1) * b_all + live;
-            matmul_into(
-                gi,
-                rows,
-                h3,
-                i,
-                Rows::new(x, c0 * b_all * i, i),
-                Rows::new(w_ih, 0, h3),
-                false,
-            );
-            for t in c0..c1 {
-                let b = batch_sizes[t];
-                if b == 0 {
-                    break;
-                }
-                let gi_t = Rows::new(gi, (t - c0) * b_all * h3, h3);
-                let hp: &[T] = if t == 0 { h0s } else { h_prev };
-                let mut cache_t = if want_cache {
-                    Some(&mut cache[t * b_all * 4 * hs..(t + 1) * b_all * 4 * hs])
-                } else {
-                    None
-                };
-                match layer.mode {
-                    ResetMode::AfterMatmul => {
-                        let hv = Rows::new(hp, 0, hs);
-                        matmul_into(gh, b, h3, hs, hv, Rows::new(w_hh, 0, h3), false);
-                        for row in 0..b {
-                            let c = cache_t
-                                .as_deref_mut()
-                                .map(|c| &mut c[row * 4 * hs..(row + 1) * 4 * hs]);
-                            kernels::after_row(
-                                gi_t.row(row, h3),
-                                gi_bias,
-                                &gh[row * h3..(row + 1) * h3],
-                                gh_bias_c,
-                                &hp[row * hs..(row + 1) * hs],
-                                &mut h_next[row * hs..(row + 1) * hs],
-                                c,
-                            );
-                        }
-                    }
-                    ResetMode::BeforeMatmul => {
-                        let hv = Rows::new(hp, 0, hs);
-                        // grz = h [U_r | U_z]: the first 2H columns of w_hh.
-                        matmul_into(gh, b, 2 * hs, hs, hv, Rows::new(w_hh, 0, h3), false);
-                        for row in 0..b {
-                            kernels::before_gates_row(
-                                gi_t.row(row, h3),
-                                gi_bias,
-                                &gh[row * 2 * hs..(row + 1) * 2 * hs],
-                                &hp[row * hs..(row + 1) * hs],
-                                &mut rz[row * 2 * hs..(row + 1) * 2 * hs],
-                                &mut s[row * hs..(row + 1) * hs],
-                            );
-                        }
-                        // gs = (r ⊙ h) U_h: the last H columns of w_hh.
-                        let sv = Rows::new(&*s, 0, hs);
-                        matmul_into(gh, b, hs, hs, sv, Rows::new(w_hh, 2 * hs, h3), false);
-                        for row in 0..b {
-                            let rz_row = &rz[row * 2 * hs..(row + 1) * 2 * hs];
-                            let mut c_out = None;
-                            if let Some(c) = cache_t.as_deref_mut() {
-                                let c = &mut c[row * 4 * hs..(row + 1) * 4 * hs];
-                                c[..2 * hs].copy_from_slice(rz_row);
-                                c_out = Some(&mut c[2 * hs..3 * hs]);
-                            }
-                            kernels::before_candidate_row(
-                                gi_t.cols_from(2 * hs).row(row, hs),
-                                &gi_bias[2 * hs..],
-                                &gh[row * hs..(row + 1) * hs],
-                                &rz_row[hs..],
-                                &hp[row * hs..(row + 1) * hs],
-                                &mut h_next[row * hs..(row + 1) * hs],
-                                c_out,
-                            );
-                        }
-                    }
-                }
-                for (row, h) in h_next[..b * hs].chunks_exact(hs).enumerate() {
-                    let o = t * ts + row * rs;
-                    ys[o..o + hs].copy_from_slice(h);
-                }
-                std::mem::swap(&mut h_prev, &mut h_next);
-            }
-        }
+    let threads = rayon::current_num_threads();
+    let blocks = row_blocks(batch_sizes, b_all, (i + hs) * h3, threads);
+    let (ys_out, cache_out) = (SharedOut::new(&mut ys), SharedOut::new(&mut cache));
+    let out = Outs {
+        ys: ys_out,
+        cache: want_cache.then_some(cache_out),
+    };
+    super::parallel::run_parts(blocks.len(), threads, &|k| {
+        let (r0, r1) = blocks[k];
+        T::with_workspace(|ws| time_loop(&ctx, r0, r1, ws, &out));
     });
 
     // Each row's final state: its output at its own last step (h0 if none).
@@ -606,4 +593,253 @@ fn forward_cpu<T: HasWorkspace>(
             None
         },
     })
+}
+
+/// What every row block of one layer's forward reads.
+struct LoopCtx<'a, T> {
+    mode: ResetMode,
+    t_len: usize,
+    b_all: usize,
+    i: usize,
+    hs: usize,
+    x: &'a [T],
+    w_ih: &'a [T],
+    w_hh: &'a [T],
+    gi_bias: &'a [T],
+    gh_bias_c: &'a [T],
+    h0: &'a [T],
+    batch_sizes: &'a [usize],
+    ys_strides: (usize, usize),
+}
+
+struct Outs<T> {
+    ys: SharedOut<T>,
+    cache: Option<SharedOut<T>>,
+}
+
+/// The time loop over rows `r0..r1` (a block of consecutive rows; a row's
+/// math never reads another row, so blocks run independently).
+fn time_loop<T: Real>(
+    c: &LoopCtx<'_, T>,
+    r0: usize,
+    r1: usize,
+    ws: &mut Workspace<T>,
+    out: &Outs<T>,
+) {
+    let (hs, i, b_all) = (c.hs, c.i, c.b_all);
+    let h3 = 3 * hs;
+    let nb = r1 - r0;
+    let (ts, rs) = c.ys_strides;
+    // Live rows of this block at step t (a prefix of it, as in the batch).
+    let live = |t: usize| c.batch_sizes[t].saturating_sub(r0).min(nb);
+    let chunk_steps = (GI_CHUNK_BYTES / (std::mem::size_of::<T>() * nb * h3)).clamp(1, c.t_len);
+    let gi = buf(&mut ws.gi, chunk_steps * nb * h3);
+    let gh = buf(&mut ws.gh, nb * h3);
+    let (rz, s) = match c.mode {
+        ResetMode::AfterMatmul => (&mut [][..], &mut [][..]),
+        ResetMode::BeforeMatmul => (buf(&mut ws.rz, nb * 2 * hs), buf(&mut ws.s, nb * hs)),
+    };
+    // h_{t−1} and h_t of the live rows; h_{−1} is read from h0 directly.
+    let mut h_prev = buf(&mut ws.h_a, nb * hs);
+    let mut h_next = buf(&mut ws.h_b, nb * hs);
+    let h0 = &c.h0[r0 * hs..r1 * hs];
+    for c0 in (0..c.t_len).step_by(chunk_steps) {
+        let c1 = (c0 + chunk_steps).min(c.t_len);
+        // Live rows are a prefix that only shrinks.
+        if live(c0) == 0 {
+            break;
+        }
+        let w_ih = Rows::new(c.w_ih, 0, h3);
+        if nb == b_all {
+            // Rows of steps c0..c1 are consecutive in x [T, B, I]: one
+            // product; rows that die inside the chunk are projected anyway
+            // and never read.
+            let rows = (c1 - c0 - 1) * b_all + live(c0);
+            matmul_into(
+                gi,
+                rows,
+                h3,
+                i,
+                Rows::new(c.x, c0 * b_all * i, i),
+                w_ih,
+                false,
+            );
+        } else {
+            for t in c0..c1 {
+                let x_t = Rows::new(c.x, (t * b_all + r0) * i, i);
+                let dst = &mut gi[(t - c0) * nb * h3..(t - c0 + 1) * nb * h3];
+                matmul_into(dst, live(t), h3, i, x_t, w_ih, false);
+            }
+        }
+        for t in c0..c1 {
+            let b = live(t);
+            if b == 0 {
+                break;
+            }
+            let gi_t = Rows::new(gi, (t - c0) * nb * h3, h3);
+            let hp: &[T] = if t == 0 { h0 } else { h_prev };
+            // SAFETY: rows r0..r1 belong to this block alone.
+            let cache_row = |row: usize| {
+                out.cache
+                    .as_ref()
+                    .map(|o| unsafe { o.rows_mut((t * b_all + r0 + row) * 4 * hs, 4 * hs) })
+            };
+            match c.mode {
+                ResetMode::AfterMatmul => {
+                    let hv = Rows::new(hp, 0, hs);
+                    matmul_into(gh, b, h3, hs, hv, Rows::new(c.w_hh, 0, h3), false);
+                    for row in 0..b {
+                        kernels::after_row(
+                            gi_t.row(row, h3),
+                            c.gi_bias,
+                            &gh[row * h3..(row + 1) * h3],
+                            c.gh_bias_c,
+                            &hp[row * hs..(row + 1) * hs],
+                            &mut h_next[row * hs..(row + 1) * hs],
+                            cache_row(row),
+                        );
+                    }
+                }
+                ResetMode::BeforeMatmul => {
+                    let hv = Rows::new(hp, 0, hs);
+                    // grz = h [U_r | U_z]: the first 2H columns of w_hh.
+                    matmul_into(gh, b, 2 * hs, hs, hv, Rows::new(c.w_hh, 0, h3), false);
+                    for row in 0..b {
+                        kernels::before_gates_row(
+                            gi_t.row(row, h3),
+                            c.gi_bias,
+                            &gh[row * 2 * hs..(row + 1) * 2 * hs],
+                            &hp[row * hs..(row + 1) * hs],
+                            &mut rz[row * 2 * hs..(row + 1) * 2 * hs],
+                            &mut s[row * hs..(row + 1) * hs],
+                        );
+                    }
+                    // gs = (r ⊙ h) U_h: the last H columns of w_hh.
+                    let sv = Rows::new(&*s, 0, hs);
+                    matmul_into(gh, b, hs, hs, sv, Rows::new(c.w_hh, 2 * hs, h3), false);
+                    for row in 0..b {
+                        let rz_row = &rz[row * 2 * hs..(row + 1) * 2 * hs];
+                        let mut c_out = None;
+                        if let Some(cr) = cache_row(row) {
+                            cr[..2 * hs].copy_from_slice(rz_row);
+                            c_out = Some(&mut cr[2 * hs..3 * hs]);
+                        }
+                        kernels::before_candidate_row(
+                            gi_t.cols_from(2 * hs).row(row, hs),
+                            &c.gi_bias[2 * hs..],
+                            &gh[row * hs..(row + 1) * hs],
+                            &rz_row[hs..],
+                            &hp[row * hs..(row + 1) * hs],
+                            &mut h_next[row * hs..(row + 1) * hs],
+                            c_out,
+                        );
+                    }
+                }
+            }
+            for (row, h) in h_next[..b * hs].chunks_exact(hs).enumerate() {
+                // SAFETY: row r0 + row belongs to this block alone.
+                let y = unsafe { out.ys.rows_mut(t * ts + (r0 + row) * rs, hs) };
+                y.copy_from_slice(h);
+            }
+            std::mem::swap(&mut h_prev, &mut h_next);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{GruModel, ModelConfig};
+
+    #[test]
+    fn row_blocks_cover_every_row_once_and_balance_work() {
+        // Too little work, too few rows, one thread: one block.
+        assert_eq!(row_blocks(&[64], 64, 10, 2), vec![(0, 64)]);
+        assert_eq!(row_blocks(&[15; 100], 15, 1 << 20, 2), vec![(0, 15)]);
+        assert_eq!(row_blocks(&[64; 100], 64, 1 << 20, 1), vec![(0, 64)]);
+        // Equal lengths: equal halves.
+        assert_eq!(
+            row_blocks(&[64; 10], 64, 1 << 20, 2),
+            vec![(0, 32), (32, 64)]
+        );
+        // Lengths 40, 39, …, 1 (sorted longest first): the first block takes
+        // fewer, longer rows; every block keeps at least MIN_BLOCK_ROWS rows.
+        let lens: Vec<usize> = (1..=40).rev().collect();
+        let bs: Vec<usize> = (0..40)
+            .map(|t| lens.iter().filter(|&&l| l > t).count())
+            .collect();
+        for threads in [2, 3, 4, 8] {
+            let blocks = row_blocks(&bs, 40, 1 << 20, threads);
+            assert_eq!(blocks.first().unwrap().0, 0);
+            assert_eq!(blocks.last().unwrap().1, 40);
+            for w in blocks.windows(2) {
+                assert_eq!(w[0].1, w[1].0);
+            }
+            assert!(
+                blocks.iter().all(|(a, b)| b - a >= MIN_BLOCK_ROWS),
+                "{blocks:?}"
+            );
+            assert_eq!(blocks.len(), threads.min(40 / MIN_BLOCK_ROWS));
+        }
+        let two = row_blocks(&bs, 40, 1 << 20, 2);
+        let work = |(a, b): (usize, usize)| lens[a..b].iter().sum::<usize>();
+        let (w0, w1) = (work(two[0]), work(two[1]));
+        assert!(
+            two[0].1 < 20 && w0.abs_diff(w1) <= lens[two[0].1],
+            "{two:?}: {w0} vs {w1}"
+        );
+    }
+
+    /// The rows split over helper threads give what one thread gives: outputs,
+    /// final states and the BPTT cache, both modes, variable lengths.
+    #[test]
+    fn split_rows_match_one_thread() {
+        for mode in [ResetMode::AfterMatmul, ResetMode::BeforeMatmul] {
+            let cfg = ModelConfig::new(5, 96, 1).with_reset_mode(mode);
+            let m = GruModel::init(cfg, 3, &Device::Cpu).unwrap();
+            let layer = &m.layers()[0];
+            let (t_len, b) = (9, 37);
+            let lens: Vec<usize> = (0..b).map(|r| t_len - (r * 7 % 40) / 5).collect();
+            let mut lens_sorted = lens.clone();
+            lens_sorted.sort_by(|a, b| b.cmp(a));
+            let bs: Vec<usize> = (0..t_len)
+                .map(|t| lens_sorted.iter().filter(|&&l| l > t).count())
+                .collect();
+            let xs = Tensor::randn(0f32, 1.0, (t_len, b, 5), &Device::Cpu).unwrap();
+            let h0 = Tensor::randn(0f32, 0.5, (b, 96), &Device::Cpu).unwrap();
+            assert!(row_blocks(&bs, b, (5 + 96) * 3 * 96, 3).len() == 3);
+            let run = |threads: usize| {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap();
+                pool.install(|| {
+                    let r = layer_forward(
+                        layer,
+                        &xs,
+                        &bs,
+                        &h0,
+                        true,
+                        Backend::Fused,
+                        YsLayout::TimeMajor,
+                    )
+                    .unwrap();
+                    [r.ys, r.h_last, r.cache.unwrap()]
+                        .map(|t| t.flatten_all().unwrap().to_vec1::<f32>().unwrap())
+                })
+            };
+            let one = run(1);
+            for threads in [2, 3] {
+                let many = run(threads);
+                for (k, (a, b)) in one.iter().zip(&many).enumerate() {
+                    let d = a
+                        .iter()
+                        .zip(b)
+                        .map(|(x, y)| (x - y).abs())
+                        .fold(0f32, f32::max);
+                    assert!(d <= 1e-6, "{mode:?}, {threads} threads, output {k}: {d}");
+                }
+            }
+        }
+    }
 }
