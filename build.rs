@@ -29,6 +29,9 @@ fn compile_gru() {
     std::fs::write(out.join("gru_descriptor.bin"), fds.encode_to_vec())
         .expect("write gru_descriptor.bin");
     tonic_prost_build::configure()
+        // Matrix (the float payload of every step) is coded by hand for
+        // speed: src/service/matrix.rs, same wire format.
+        .extern_path(".gru.v1.Matrix", "crate::service::pb::Matrix")
         .compile_fds(fds)
         .expect("generate gru.v1 gRPC code");
 }

@@ -16,11 +16,14 @@ use crate::model::{ResetMode, Task};
 #[allow(clippy::all, clippy::pedantic, missing_docs)]
 pub mod pb {
     tonic::include_proto!("gru.v1");
+    /// Hand-coded for speed, same wire format (build.rs `extern_path`).
+    pub use super::matrix::Matrix;
     /// The encoded descriptor set, for server reflection.
     pub const FILE_DESCRIPTOR_SET: &[u8] =
         include_bytes!(concat!(env!("OUT_DIR"), "/gru_descriptor.bin"));
 }
 
+mod matrix;
 pub mod training;
 
 use pb::gru_service_server::GruService;
