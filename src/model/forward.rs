@@ -19,6 +19,7 @@ use gemm::Parallelism;
 use super::config::ResetMode;
 use super::kernels::{self, Real, Rows};
 use super::layer::{gate_block, GruLayer};
+use super::packed::{matmul_packed, PackedB};
 use super::ModelError;
 
 /// Which implementation of the math runs.
@@ -337,6 +338,71 @@ pub(crate) fn matmul_into<T: Real>(
     )
 }
 
+/// A layer's weights packed for `packed::matmul_packed`.
+pub(crate) struct LayerPacks {
+    w_ih: PackedB,
+    /// All 3H columns (`after_matmul`) or [U_r | U_z] (`before_matmul`).
+    hh: PackedB,
+    /// U_h (`before_matmul` only).
+    hh_c: Option<PackedB>,
+}
+
+impl std::fmt::Debug for LayerPacks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LayerPacks").finish_non_exhaustive()
+    }
+}
+
+impl LayerPacks {
+    /// None unless the layer is f32 on the CPU and the CPU has AVX-512F.
+    pub(crate) fn build(layer: &GruLayer) -> Option<LayerPacks> {
+        if layer.w_ih.dtype() != candle_core::DType::F32
+            || !matches!(layer.w_ih.device(), Device::Cpu)
+            || !PackedB::supported()
+        {
+            return None;
+        }
+        let (i, hs) = (layer.input_size, layer.hidden_size);
+        let wih = CpuView::new(&layer.w_ih).ok()?;
+        let whh = CpuView::new(&layer.w_hh).ok()?;
+        let (w_ih, w_hh) = (wih.slice::<f32>().ok()?, whh.slice::<f32>().ok()?);
+        let h3 = 3 * hs;
+        Some(match layer.mode {
+            ResetMode::AfterMatmul => LayerPacks {
+                w_ih: PackedB::pack(w_ih, h3, 0, i, h3),
+                hh: PackedB::pack(w_hh, h3, 0, hs, h3),
+                hh_c: None,
+            },
+            ResetMode::BeforeMatmul => LayerPacks {
+                w_ih: PackedB::pack(w_ih, h3, 0, i, h3),
+                hh: PackedB::pack(w_hh, h3, 0, hs, 2 * hs),
+                hh_c: Some(PackedB::pack(w_hh, h3, 2 * hs, hs, hs)),
+            },
+        })
+    }
+}
+
+/// dst[m, n] (row stride n) = a[m, k] · b, through the packed weights when
+/// there are some for this type and the product is not a batch-1 axpy.
+#[allow(clippy::too_many_arguments)]
+fn product<T: HasWorkspace>(
+    dst: &mut [T],
+    m: usize,
+    n: usize,
+    k: usize,
+    a: Rows<'_, T>,
+    b: Rows<'_, T>,
+    packed: Option<&PackedB>,
+) {
+    if let Some(p) = packed.filter(|_| m > SMALL_M) {
+        if let (Some(d), Some(av)) = (T::as_f32_mut(dst), T::as_f32(a.data)) {
+            debug_assert!(p.k() == k && p.n() == n, "packed weights of another shape");
+            return matmul_packed(d, n, m, av, a.start, a.stride, p);
+        }
+    }
+    matmul_into(dst, m, n, k, a, b, false)
+}
+
 /// Scratch buffers of the fused forward, kept per thread between calls: at
 /// B = 64 allocating and zeroing them was ~20 µs per step (BENCHMARKS.md,
 /// "Where the time goes"), and the sizes repeat from call to call.
@@ -388,8 +454,32 @@ fn buf<T: Real>(v: &mut Vec<T>, n: usize) -> &mut [T] {
 }
 
 /// The per-thread workspace for `T`.
-pub(crate) trait HasWorkspace: Real {
+pub(crate) trait HasWorkspace: Real + AsF32 {
     fn with_workspace<R>(f: impl FnOnce(&mut Workspace<Self>) -> R) -> R;
+}
+
+/// A slice as f32 when the element type is f32 (the packed kernel's type).
+pub(crate) trait AsF32: Sized {
+    fn as_f32(s: &[Self]) -> Option<&[f32]>;
+    fn as_f32_mut(s: &mut [Self]) -> Option<&mut [f32]>;
+}
+
+impl AsF32 for f32 {
+    fn as_f32(s: &[f32]) -> Option<&[f32]> {
+        Some(s)
+    }
+    fn as_f32_mut(s: &mut [f32]) -> Option<&mut [f32]> {
+        Some(s)
+    }
+}
+
+impl AsF32 for f64 {
+    fn as_f32(_: &[f64]) -> Option<&[f32]> {
+        None
+    }
+    fn as_f32_mut(_: &mut [f64]) -> Option<&mut [f32]> {
+        None
+    }
 }
 
 macro_rules! workspace_impl {
@@ -442,11 +532,17 @@ const MIN_BLOCK_ROWS: usize = 8;
 /// A layer run below this many multiply-adds (all steps, input and recurrent
 /// products) stays on the calling thread: handing half of it to a helper
 /// costs ~5 µs when the helper is spinning and ~70 µs when it is parked.
-const SPLIT_MIN_MACS: usize = 1 << 22;
+const SPLIT_MIN_MACS: usize = 1 << 25;
+
+/// Rows per block above which a batch is cut into more blocks than threads
+/// (up to two per thread), so a thread that was preempted takes fewer
+/// blocks; below it, products stay as wide as possible (the gemm is ~8 %
+/// slower per row at 32 rows than at 64).
+const WIDE_BLOCK_ROWS: usize = 32;
 
 /// Splits rows `0..b_all` into contiguous blocks of about equal work (steps
-/// × rows; rows are sorted longest first), one per thread, each at least
-/// `MIN_BLOCK_ROWS` rows. One block when splitting would not pay.
+/// × rows; rows are sorted longest first), at least one per thread and each
+/// at least `MIN_BLOCK_ROWS` rows. One block when splitting would not pay.
 fn row_blocks(
     batch_sizes: &[usize],
     b_all: usize,
@@ -454,7 +550,12 @@ fn row_blocks(
     threads: usize,
 ) -> Vec<(usize, usize)> {
     let work: usize = batch_sizes.iter().sum();
-    let parts = threads.min(b_all / MIN_BLOCK_ROWS);
+    let parts = if threads <= 1 {
+        1
+    } else {
+        (b_all / WIDE_BLOCK_ROWS).clamp(threads, 2 * threads)
+    }
+    .min(b_all / MIN_BLOCK_ROWS);
     if parts <= 1 || work.saturating_mul(macs_per_row_step) < SPLIT_MIN_MACS {
         return vec![(0, b_all)];
     }
@@ -540,6 +641,11 @@ fn forward_cpu<T: HasWorkspace>(
         gh_bias_c: &ghb.slice::<T>()?[2 * hs..],
         h0: h0s,
         batch_sizes,
+        packs: if T::DTYPE == candle_core::DType::F32 {
+            layer.packs()
+        } else {
+            None
+        },
         // Output (t, row) starts at t·ts + row·rs.
         ys_strides: match layout {
             YsLayout::TimeMajor => (b_all * hs, hs),
@@ -610,6 +716,7 @@ struct LoopCtx<'a, T> {
     h0: &'a [T],
     batch_sizes: &'a [usize],
     ys_strides: (usize, usize),
+    packs: Option<&'a LayerPacks>,
 }
 
 struct Outs<T> {
@@ -619,7 +726,7 @@ struct Outs<T> {
 
 /// The time loop over rows `r0..r1` (a block of consecutive rows; a row's
 /// math never reads another row, so blocks run independently).
-fn time_loop<T: Real>(
+fn time_loop<T: HasWorkspace>(
     c: &LoopCtx<'_, T>,
     r0: usize,
     r1: usize,
@@ -655,20 +762,13 @@ fn time_loop<T: Real>(
             // product; rows that die inside the chunk are projected anyway
             // and never read.
             let rows = (c1 - c0 - 1) * b_all + live(c0);
-            matmul_into(
-                gi,
-                rows,
-                h3,
-                i,
-                Rows::new(c.x, c0 * b_all * i, i),
-                w_ih,
-                false,
-            );
+            let x = Rows::new(c.x, c0 * b_all * i, i);
+            product(gi, rows, h3, i, x, w_ih, c.packs.map(|p| &p.w_ih));
         } else {
             for t in c0..c1 {
                 let x_t = Rows::new(c.x, (t * b_all + r0) * i, i);
                 let dst = &mut gi[(t - c0) * nb * h3..(t - c0 + 1) * nb * h3];
-                matmul_into(dst, live(t), h3, i, x_t, w_ih, false);
+                product(dst, live(t), h3, i, x_t, w_ih, c.packs.map(|p| &p.w_ih));
             }
         }
         for t in c0..c1 {
@@ -687,7 +787,8 @@ fn time_loop<T: Real>(
             match c.mode {
                 ResetMode::AfterMatmul => {
                     let hv = Rows::new(hp, 0, hs);
-                    matmul_into(gh, b, h3, hs, hv, Rows::new(c.w_hh, 0, h3), false);
+                    let w = Rows::new(c.w_hh, 0, h3);
+                    product(gh, b, h3, hs, hv, w, c.packs.map(|p| &p.hh));
                     for row in 0..b {
                         kernels::after_row(
                             gi_t.row(row, h3),
@@ -703,7 +804,8 @@ fn time_loop<T: Real>(
                 ResetMode::BeforeMatmul => {
                     let hv = Rows::new(hp, 0, hs);
                     // grz = h [U_r | U_z]: the first 2H columns of w_hh.
-                    matmul_into(gh, b, 2 * hs, hs, hv, Rows::new(c.w_hh, 0, h3), false);
+                    let w = Rows::new(c.w_hh, 0, h3);
+                    product(gh, b, 2 * hs, hs, hv, w, c.packs.map(|p| &p.hh));
                     for row in 0..b {
                         kernels::before_gates_row(
                             gi_t.row(row, h3),
@@ -716,7 +818,8 @@ fn time_loop<T: Real>(
                     }
                     // gs = (r ⊙ h) U_h: the last H columns of w_hh.
                     let sv = Rows::new(&*s, 0, hs);
-                    matmul_into(gh, b, hs, hs, sv, Rows::new(c.w_hh, 2 * hs, h3), false);
+                    let w = Rows::new(c.w_hh, 2 * hs, h3);
+                    product(gh, b, hs, hs, sv, w, c.packs.and_then(|p| p.hh_c.as_ref()));
                     for row in 0..b {
                         let rz_row = &rz[row * 2 * hs..(row + 1) * 2 * hs];
                         let mut c_out = None;
@@ -781,6 +884,20 @@ mod tests {
             );
             assert_eq!(blocks.len(), threads.min(40 / MIN_BLOCK_ROWS));
         }
+        // Wide batches: up to two blocks per thread, none thinner than 32 rows.
+        for (b, threads, want) in [
+            (64, 2, 2),
+            (128, 2, 4),
+            (256, 2, 4),
+            (96, 2, 3),
+            (256, 3, 6),
+        ] {
+            assert_eq!(
+                row_blocks(&[b; 4], b, 1 << 20, threads).len(),
+                want,
+                "B = {b}, {threads} threads"
+            );
+        }
         let two = row_blocks(&bs, 40, 1 << 20, 2);
         let work = |(a, b): (usize, usize)| lens[a..b].iter().sum::<usize>();
         let (w0, w1) = (work(two[0]), work(two[1]));
@@ -795,19 +912,19 @@ mod tests {
     #[test]
     fn split_rows_match_one_thread() {
         for mode in [ResetMode::AfterMatmul, ResetMode::BeforeMatmul] {
-            let cfg = ModelConfig::new(5, 96, 1).with_reset_mode(mode);
+            let cfg = ModelConfig::new(16, 128, 1).with_reset_mode(mode);
             let m = GruModel::init(cfg, 3, &Device::Cpu).unwrap();
             let layer = &m.layers()[0];
-            let (t_len, b) = (9, 37);
+            let (t_len, b) = (40, 37);
             let lens: Vec<usize> = (0..b).map(|r| t_len - (r * 7 % 40) / 5).collect();
             let mut lens_sorted = lens.clone();
             lens_sorted.sort_by(|a, b| b.cmp(a));
             let bs: Vec<usize> = (0..t_len)
                 .map(|t| lens_sorted.iter().filter(|&&l| l > t).count())
                 .collect();
-            let xs = Tensor::randn(0f32, 1.0, (t_len, b, 5), &Device::Cpu).unwrap();
-            let h0 = Tensor::randn(0f32, 0.5, (b, 96), &Device::Cpu).unwrap();
-            assert!(row_blocks(&bs, b, (5 + 96) * 3 * 96, 3).len() == 3);
+            let xs = Tensor::randn(0f32, 1.0, (t_len, b, 16), &Device::Cpu).unwrap();
+            let h0 = Tensor::randn(0f32, 0.5, (b, 128), &Device::Cpu).unwrap();
+            assert_eq!(row_blocks(&bs, b, (16 + 128) * 3 * 128, 3).len(), 3);
             let run = |threads: usize| {
                 let pool = rayon::ThreadPoolBuilder::new()
                     .num_threads(threads)

@@ -43,6 +43,10 @@ pub struct GruLayer {
     /// blocks, for devices whose matmul wants contiguous operands.
     pub(crate) w_hh_rz: Option<Tensor>,
     pub(crate) w_hh_c: Option<Tensor>,
+    /// The weights packed for the fused CPU forward (f32, AVX-512), made on
+    /// first use. The tensors above are never changed in place, so it never
+    /// goes stale (training builds new layers after each optimizer step).
+    pub(crate) packs: std::sync::OnceLock<Option<std::sync::Arc<super::forward::LayerPacks>>>,
 }
 
 /// The four parameter tensors of a layer, in the internal layout (see module docs).
@@ -104,7 +108,15 @@ impl GruLayer {
             b_hh: p.b_hh.contiguous()?,
             gi_bias: gi_bias.contiguous()?,
             gh_bias: gh_bias.contiguous()?,
+            packs: std::sync::OnceLock::new(),
         })
+    }
+
+    /// The packed weights of the fused CPU forward, packed on first use.
+    pub(crate) fn packs(&self) -> Option<&super::forward::LayerPacks> {
+        self.packs
+            .get_or_init(|| super::forward::LayerPacks::build(self).map(std::sync::Arc::new))
+            .as_deref()
     }
 
     pub fn mode(&self) -> ResetMode {

@@ -12,6 +12,7 @@ pub mod forward;
 pub mod kernels;
 pub mod layer;
 pub mod network;
+mod packed;
 mod parallel;
 pub mod train;
 pub mod weights;

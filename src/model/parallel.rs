@@ -18,7 +18,7 @@
 
 use std::cell::UnsafeCell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::OnceLock;
 use std::thread::Thread;
 use std::time::{Duration, Instant};
@@ -26,12 +26,38 @@ use std::time::{Duration, Instant};
 /// How long an idle helper keeps spinning for the next job before it parks:
 /// longer than the gap between two steps of a busy worker, short enough that
 /// an idle server gives the core back at once.
-const HELPER_SPIN: Duration = Duration::from_micros(300);
+const HELPER_SPIN: Duration = Duration::from_micros(100);
 
-/// How long the caller spin-waits for a helper's part before it yields.
+/// How long the caller spin-waits for a helper's last part before it parks.
 const CALLER_SPIN: Duration = Duration::from_micros(50);
 
 type PartFn = dyn Fn(usize) + Sync;
+
+/// One call's shared state: parts are claimed from `next` by the caller and
+/// the helpers alike, so a thread that was preempted (tokio's and the
+/// client's threads share these cores) takes fewer parts instead of making
+/// everyone wait for it.
+struct Job {
+    f: *const PartFn,
+    next: *const AtomicUsize,
+    parts: usize,
+    caller: Thread,
+}
+
+/// Runs parts claimed from `next` until none are left; false if one panicked.
+fn claim_and_run(f: &(dyn Fn(usize) + Sync + '_), next: &AtomicUsize, parts: usize) -> bool {
+    loop {
+        let p = next.fetch_add(1, Ordering::Relaxed);
+        if p >= parts {
+            return true;
+        }
+        if catch_unwind(AssertUnwindSafe(|| f(p))).is_err() {
+            // Let the others stop early; the caller re-raises.
+            next.store(parts, Ordering::Relaxed);
+            return false;
+        }
+    }
+}
 
 struct Helper {
     /// Claimed by one caller for one call.
@@ -44,7 +70,7 @@ struct Helper {
     panicked: AtomicBool,
     /// The job: written only by the claiming caller before it bumps `posted`,
     /// read only by the helper after it sees the bump (Release/Acquire).
-    job: UnsafeCell<Option<(*const PartFn, usize)>>,
+    job: UnsafeCell<Option<Job>>,
     thread: OnceLock<Thread>,
 }
 
@@ -108,12 +134,18 @@ fn helper_loop(h: &'static Helper) {
         // which we read with Acquire; it keeps the closure alive until it sees
         // `finished == seen`.
         let job = unsafe { (*h.job.get()).take() };
-        if let Some((f, part)) = job {
-            let f: &PartFn = unsafe { &*f };
-            let ok = catch_unwind(AssertUnwindSafe(|| f(part))).is_ok();
-            h.panicked.store(!ok, Ordering::Relaxed);
+        let mut caller = None;
+        if let Some(job) = job {
+            // SAFETY: as above; `next` lives in the caller's frame likewise.
+            let (f, next) = unsafe { (&*job.f, &*job.next) };
+            h.panicked
+                .store(!claim_and_run(f, next, job.parts), Ordering::Relaxed);
+            caller = Some(job.caller);
         }
         h.finished.store(seen, Ordering::Release);
+        if let Some(c) = caller {
+            c.unpark();
+        }
     }
 }
 
@@ -132,7 +164,9 @@ impl Claimed {
                 if start.elapsed() < CALLER_SPIN {
                     std::hint::spin_loop();
                 } else {
-                    std::thread::yield_now();
+                    // The helper unparks us when it is done; blocking (not
+                    // yielding in a loop) leaves the core to the runtime.
+                    std::thread::park_timeout(Duration::from_millis(1));
                 }
             }
             panicked |= h.panicked.load(Ordering::Relaxed);
@@ -148,51 +182,50 @@ impl Drop for Claimed {
     }
 }
 
-/// Runs `f(0)`, …, `f(parts − 1)`, some on helper threads (at most
-/// `threads − 1` of them, created on first use), the rest on the calling
-/// thread, and returns when all are done. A panic in any part is re-raised
-/// here.
+/// Runs `f(0)`, …, `f(parts − 1)` on the calling thread and up to
+/// `threads − 1` helper threads (created on first use), each taking the next
+/// unclaimed part until none are left, and returns when all are done. A
+/// panic in any part is re-raised here.
 pub(crate) fn run_parts(parts: usize, threads: usize, f: &(dyn Fn(usize) + Sync)) {
     if parts <= 1 || threads <= 1 {
         (0..parts).for_each(f);
         return;
     }
     let pool = pool(threads - 1);
+    let next = AtomicUsize::new(0);
+    // SAFETY (lifetime): helpers only touch `f` and `next` before they store
+    // `finished`, and `claimed` waits for that before this frame ends, also
+    // on unwind.
+    let f_ptr =
+        unsafe { std::mem::transmute::<*const (dyn Fn(usize) + Sync + '_), *const PartFn>(f) };
     let mut claimed = Claimed {
         helpers: Vec::new(),
     };
-    // Parts 1.. go to free helpers; part 0 and the rest stay here.
-    let mut next = 1;
-    for &h in &pool.helpers {
-        if next >= parts {
-            break;
-        }
+    for &h in pool.helpers.iter().take(parts - 1) {
         if h.busy
             .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
             .is_err()
         {
             continue;
         }
-        // SAFETY (lifetime): the helper only calls `f` before it stores
-        // `finished`, and `claimed` waits for that before this frame ends,
-        // also on unwind.
-        let ptr =
-            unsafe { std::mem::transmute::<*const (dyn Fn(usize) + Sync + '_), *const PartFn>(f) };
-        unsafe { *h.job.get() = Some((ptr, next)) };
+        let job = Job {
+            f: f_ptr,
+            next: &next,
+            parts,
+            caller: std::thread::current(),
+        };
+        unsafe { *h.job.get() = Some(job) };
         let ticket = h.posted.load(Ordering::Relaxed) + 1;
         h.posted.store(ticket, Ordering::Release);
         if let Some(t) = h.thread.get() {
             t.unpark();
         }
         claimed.helpers.push((h, ticket));
-        next += 1;
     }
-    f(0);
-    for part in next..parts {
-        f(part);
-    }
-    if claimed.wait() {
-        panic!("a compute helper thread panicked");
+    let ok = claim_and_run(f, &next, parts);
+    let helper_panicked = claimed.wait();
+    if !ok || helper_panicked {
+        panic!("a compute part panicked");
     }
 }
 
