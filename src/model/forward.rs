@@ -530,9 +530,10 @@ pub(crate) enum YsLayout {
 const MIN_BLOCK_ROWS: usize = 8;
 
 /// A layer run below this many multiply-adds (all steps, input and recurrent
-/// products) stays on the calling thread: handing half of it to a helper
-/// costs ~5 µs when the helper is spinning and ~70 µs when it is parked.
-const SPLIT_MIN_MACS: usize = 1 << 25;
+/// products; ~50 µs of work) stays on the calling thread: handing half of it
+/// to a helper costs ~5 µs when the helper is spinning and ~70 µs when it is
+/// parked.
+const SPLIT_MIN_MACS: usize = 1 << 22;
 
 /// Rows per block above which a batch is cut into more blocks than threads
 /// (up to two per thread), so a thread that was preempted takes fewer
