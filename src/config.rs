@@ -110,8 +110,12 @@ pub struct Args {
     #[arg(long, env = "GRU_RUNTIME_THREADS", default_value_t = 1)]
     pub runtime_threads: usize,
 
-    /// Threads a large matmul may use. At batch 1 one thread is fastest
-    /// (measured: 2 rayon threads were ~6x slower at H = 64).
+    /// Threads one model's compute may use: a large batched step (over 32 M
+    /// multiply-adds, e.g. 128 sessions x 32 steps at H = 256) is split by
+    /// rows over this many threads, and large matmuls may use them. 2 raised
+    /// 256 sessions x k = 32 from ~200k to ~255k steps/s on 2 cores; with one
+    /// step per message (k = 1) the second thread only competes with the
+    /// network threads (BENCHMARKS.md), hence the default of 1.
     #[arg(long, env = "GRU_COMPUTE_THREADS", default_value_t = 1)]
     pub compute_threads: usize,
 
