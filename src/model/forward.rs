@@ -1,8 +1,10 @@
 //! The time loop of one layer over a padded, length-sorted batch, in two
 //! implementations with the same contract:
 //!
-//! - [`Backend::Fused`] on the CPU: gemm calls with a deliberate thread count
-//!   into preallocated buffers, and the fused gate kernels of `kernels.rs`.
+//! - [`Backend::Fused`] on the CPU: products on weights packed once per layer
+//!   (`packed.rs`; the gemm crate where that kernel does not apply) into
+//!   per-thread buffers, the fused gate kernels of `kernels.rs`, and large
+//!   batches split by rows over helper threads (`parallel.rs`).
 //! - [`Backend::Reference`] (and any non-CPU device): plain candle ops. It is
 //!   the portable path (CUDA) and the independent check of the fused one.
 //!
@@ -642,11 +644,8 @@ fn forward_cpu<T: HasWorkspace>(
         gh_bias_c: &ghb.slice::<T>()?[2 * hs..],
         h0: h0s,
         batch_sizes,
-        packs: if T::DTYPE == candle_core::DType::F32 {
-            layer.packs()
-        } else {
-            None
-        },
+        // None for f64 layers (`LayerPacks::build` packs f32 only).
+        packs: layer.packs(),
         // Output (t, row) starts at t·ts + row·rs.
         ys_strides: match layout {
             YsLayout::TimeMajor => (b_all * hs, hs),
