@@ -77,6 +77,13 @@ pub struct Args {
     #[arg(long, env = "GRU_MAX_PREDICT_STEPS", default_value_t = 1 << 22)]
     pub max_predict_steps: usize,
 
+    /// Most memory one Predict may hold, in bytes: its inputs and outputs,
+    /// states and one forward call's working set (sequences are grouped by
+    /// length and run in windows, never padded to the longest). Past it:
+    /// RESOURCE_EXHAUSTED naming the need.
+    #[arg(long, env = "GRU_MAX_PREDICT_BYTES", default_value_t = 1 << 30)]
+    pub max_predict_bytes: u64,
+
     /// Largest gRPC message in bytes, either direction (tonic's default is 4 MiB).
     #[arg(long, env = "GRU_MAX_MESSAGE_BYTES", default_value_t = 64 << 20)]
     pub max_message_bytes: usize,
@@ -142,6 +149,12 @@ pub struct Args {
     /// Largest model (parameters) a training job may create.
     #[arg(long, env = "GRU_MAX_MODEL_PARAMETERS", default_value_t = 50_000_000)]
     pub max_model_parameters: usize,
+
+    /// Most memory one training mini-batch may need, in bytes (batch_size
+    /// sequences padded to the longest, with the BPTT cache); past it
+    /// StartTraining is RESOURCE_EXHAUSTED.
+    #[arg(long, env = "GRU_MAX_TRAINING_BATCH_BYTES", default_value_t = 2 << 30)]
+    pub max_training_batch_bytes: u64,
 
     /// OS niceness of training threads (Linux), so serving keeps the CPU it needs.
     #[arg(long, env = "GRU_TRAINING_NICE", default_value_t = 10)]
@@ -322,6 +335,7 @@ impl Args {
                 max_steps_per_message: self.max_steps_per_message,
                 max_predict_sequences: self.max_predict_sequences,
                 max_predict_steps: self.max_predict_steps,
+                max_predict_bytes: self.max_predict_bytes,
                 training: TrainingConfig {
                     max_concurrent_jobs: self.training_jobs,
                     threads_per_job: self.training_threads,
@@ -329,6 +343,7 @@ impl Args {
                     max_dataset_bytes: self.max_dataset_bytes,
                     max_sequence_len: self.max_train_sequence_len,
                     max_model_parameters: self.max_model_parameters,
+                    max_batch_bytes: self.max_training_batch_bytes,
                     nice: self.training_nice,
                     ..TrainingConfig::default()
                 },

@@ -16,6 +16,7 @@ use std::thread::JoinHandle;
 use candle_core::{DType, Tensor};
 use tokio::sync::oneshot;
 
+use super::ids;
 use super::sessions::{LastReply, Session};
 use super::EngineError;
 use crate::model::GruModel;
@@ -88,9 +89,10 @@ impl Worker {
         let (tx, rx) = sync_channel(capacity);
         let stats = Arc::new(WorkerStats::default());
         let st = stats.clone();
+        let n = name.clone();
         let thread = std::thread::Builder::new()
             .name(format!("gru-worker {name}"))
-            .spawn(move || run(rx, &model, max_batch.max(1), &st))
+            .spawn(move || run(&n, rx, &model, max_batch.max(1), &st))
             .map_err(|e| EngineError::Internal(format!("spawn worker: {e}")))?;
         Ok(Worker {
             name,
@@ -143,7 +145,8 @@ pub fn digest(inputs: &[f32]) -> u64 {
     h.finish()
 }
 
-fn run(rx: Receiver<StepJob>, model: &GruModel, max_batch: usize, stats: &WorkerStats) {
+fn run(name: &str, rx: Receiver<StepJob>, model: &GruModel, max_batch: usize, stats: &WorkerStats) {
+    let padded_budget = super::predict::padded_steps_budget(model.config());
     let mut pending: VecDeque<StepJob> = VecDeque::new();
     loop {
         if pending.is_empty() {
@@ -160,11 +163,18 @@ fn run(rx: Receiver<StepJob>, model: &GruModel, max_batch: usize, stats: &Worker
         }
         // One batch: at most one job per session (a session's later job must
         // see the earlier one's state), keeping each session's order.
-        let mut batch = Vec::new();
+        // Rows are padded to the batch's longest message: a batch stops
+        // growing when its padded size would pass the budget, so one long
+        // message cannot make every short one cost its length.
+        let mut batch: Vec<StepJob> = Vec::new();
         let mut seen = HashSet::new();
         let mut rest = VecDeque::new();
+        let mut kmax = 0;
         while let Some(j) = pending.pop_front() {
-            if batch.len() < max_batch && seen.insert(Arc::as_ptr(&j.session)) {
+            let k = kmax.max(j.k);
+            let fits = batch.is_empty() || (batch.len() + 1) * k <= padded_budget;
+            if batch.len() < max_batch && fits && seen.insert(Arc::as_ptr(&j.session)) {
+                kmax = k;
                 batch.push(j);
             } else {
                 seen.insert(Arc::as_ptr(&j.session));
@@ -175,7 +185,7 @@ fn run(rx: Receiver<StepJob>, model: &GruModel, max_batch: usize, stats: &Worker
         stats
             .queued
             .fetch_sub(batch.len() as u64, Ordering::Relaxed);
-        run_batch(model, batch, stats);
+        run_batch(name, model, batch, stats);
     }
 }
 
@@ -186,7 +196,7 @@ struct Live {
     digest: u64,
 }
 
-fn run_batch(model: &GruModel, batch: Vec<StepJob>, stats: &WorkerStats) {
+fn run_batch(name: &str, model: &GruModel, batch: Vec<StepJob>, stats: &WorkerStats) {
     let mut live = Vec::with_capacity(batch.len());
     for job in batch {
         if job.reply.is_closed() {
@@ -224,7 +234,18 @@ fn run_batch(model: &GruModel, batch: Vec<StepJob>, stats: &WorkerStats) {
                 continue;
             }
         }
-        let (h, start) = (d.h.clone(), d.step_index);
+        let start = d.step_index;
+        if start > ids::MAX_STEP_INDEX - job.k as u64 {
+            drop(d);
+            let _ = job.reply.send(Err(EngineError::StepIndexOverflow {
+                session: job.session.id.clone(),
+                at: start,
+                steps: job.k as u64,
+                max: ids::MAX_STEP_INDEX,
+            }));
+            continue;
+        }
+        let h = d.h.clone();
         drop(d);
         live.push(Live {
             job,
@@ -237,7 +258,26 @@ fn run_batch(model: &GruModel, batch: Vec<StepJob>, stats: &WorkerStats) {
         return;
     }
     stats.record(live.len());
-    match compute(model, &live) {
+    // A panic in the model code fails this batch, not the worker: every
+    // other session of this model keeps being served. Nothing of the batch
+    // was applied (states are written back only after compute returns).
+    let computed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        inject_panic(name);
+        compute(model, &live)
+    }))
+    .unwrap_or_else(|panic| {
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        tracing::error!(model = %name, sessions = live.len(), panic = %what, "the compute worker panicked; failing this batch and going on");
+        metrics::counter!("gru_worker_panics_total").increment(1);
+        Err(EngineError::WorkerPanicked {
+            model: name.to_string(),
+        })
+    });
+    match computed {
         Ok((outs, states)) => {
             for ((l, out), state) in live.into_iter().zip(outs).zip(states) {
                 let _enter = l.job.span.enter();
@@ -269,6 +309,13 @@ fn run_batch(model: &GruModel, batch: Vec<StepJob>, stats: &WorkerStats) {
                 }));
             }
         }
+        Err(EngineError::WorkerPanicked { .. }) => {
+            for l in live {
+                let _ = l.job.reply.send(Err(EngineError::WorkerPanicked {
+                    model: name.to_string(),
+                }));
+            }
+        }
         Err(e) => {
             tracing::error!(error = %e, "batched step failed");
             for l in live {
@@ -277,6 +324,24 @@ fn run_batch(model: &GruModel, batch: Vec<StepJob>, stats: &WorkerStats) {
                     .reply
                     .send(Err(EngineError::Internal(format!("step failed: {e}"))));
             }
+        }
+    }
+}
+
+/// Test hook (debug builds only): models whose next batch panics inside
+/// compute, as a bug in the model code would.
+#[cfg(debug_assertions)]
+#[doc(hidden)]
+pub static PANIC_NEXT_BATCH: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+fn inject_panic(_name: &str) {
+    #[cfg(debug_assertions)]
+    {
+        let mut names = PANIC_NEXT_BATCH.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(p) = names.iter().position(|n| n == _name) {
+            names.remove(p);
+            drop(names);
+            panic!("injected panic in the compute of '{_name}'");
         }
     }
 }

@@ -2,6 +2,8 @@
 //! No gRPC types here; `src/service` maps these to and from the wire.
 
 pub mod batcher;
+pub mod ids;
+pub mod predict;
 pub mod registry;
 pub mod sessions;
 pub mod training;
@@ -21,24 +23,43 @@ pub use training::{Training, TrainingConfig};
 /// `service` maps each variant to one gRPC code.
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
-    #[error("model '{0}' not found")]
+    #[error("model '{}' not found", ids::clip(.0))]
     ModelNotFound(String),
-    #[error("model '{name}' has no version {version} (serving versions {available:?})")]
+    #[error("model '{}' has no version {version} (serving versions {available:?})", ids::clip(.name))]
     VersionNotFound {
         name: String,
         version: u64,
         available: Vec<u64>,
     },
-    #[error("session '{0}' not found")]
+    #[error("session '{}' not found", ids::clip(.0))]
     SessionNotFound(String),
-    #[error("session '{id}' expired after {idle_secs} s idle (ttl {ttl_secs} s)")]
+    #[error("session '{}' expired after {idle_secs} s idle (ttl {ttl_secs} s)", ids::clip(.id))]
     SessionExpired {
         id: String,
         idle_secs: u64,
         ttl_secs: u64,
     },
-    #[error("training job '{0}' not found")]
+    #[error("training job '{}' not found", ids::clip(.0))]
     JobNotFound(String),
+    /// An id or name that cannot be one (too long, or outside its alphabet).
+    #[error("{what} '{}' ({len} bytes) is not valid: {rule}", ids::clip(.value))]
+    BadId {
+        what: &'static str,
+        value: String,
+        len: usize,
+        rule: &'static str,
+    },
+    #[error("Predict needs about {need_bytes} bytes of memory for these sequences; this server allows {limit_bytes} (--max-predict-bytes): send fewer or shorter sequences")]
+    PredictTooLarge { need_bytes: u64, limit_bytes: u64 },
+    #[error("session '{}' is at step {at}; {steps} more steps would pass the largest step index {max}", ids::clip(.session))]
+    StepIndexOverflow {
+        session: String,
+        at: u64,
+        steps: u64,
+        max: u64,
+    },
+    #[error("the compute worker of model '{model}' failed on this batch (a bug, logged); the request was not applied, retry it")]
+    WorkerPanicked { model: String },
     #[error("{0}")]
     InvalidArgument(String),
     #[error("{0}")]
@@ -60,6 +81,10 @@ impl EngineError {
             EngineError::SessionNotFound(_) => "session_not_found",
             EngineError::SessionExpired { .. } => "session_expired",
             EngineError::JobNotFound(_) => "job_not_found",
+            EngineError::BadId { .. } => "bad_id",
+            EngineError::PredictTooLarge { .. } => "predict_too_large",
+            EngineError::StepIndexOverflow { .. } => "step_index_overflow",
+            EngineError::WorkerPanicked { .. } => "worker_panicked",
             EngineError::InvalidArgument(_) => "invalid_argument",
             EngineError::FailedPrecondition(_) => "failed_precondition",
             EngineError::ResourceExhausted(_) => "resource_exhausted",
@@ -105,6 +130,8 @@ pub struct EngineConfig {
     /// Most sequences in one Predict, and most total steps.
     pub max_predict_sequences: usize,
     pub max_predict_steps: usize,
+    /// Most memory one Predict may hold (see [`predict::predict_bytes`]).
+    pub max_predict_bytes: u64,
     /// Training jobs: threads, queue and limits.
     pub training: TrainingConfig,
 }
@@ -122,6 +149,7 @@ impl Default for EngineConfig {
             max_steps_per_message: 4096,
             max_predict_sequences: 4096,
             max_predict_steps: 1 << 22,
+            max_predict_bytes: 1 << 30,
             training: TrainingConfig::default(),
         }
     }
@@ -236,12 +264,7 @@ impl Engine {
         resume: Option<ExportedState>,
     ) -> Result<(Arc<Session>, bool), EngineError> {
         if let Some(k) = &key {
-            if k.len() > 256 {
-                return Err(EngineError::InvalidArgument(format!(
-                    "session_key is {} bytes; at most 256",
-                    k.len()
-                )));
-            }
+            ids::check_key("session_key", k)?;
         }
         let (served, initial, step_index) = match (resume, initial) {
             (Some(_), Some(_)) => {
@@ -252,18 +275,23 @@ impl Engine {
             (Some(r), None) => {
                 if !model.is_empty() && model != r.model {
                     return Err(EngineError::InvalidArgument(format!(
-                        "model '{model}' differs from the resumed state's model '{}'",
-                        r.model
+                        "model '{}' differs from the resumed state's model '{}'",
+                        ids::clip(model),
+                        ids::clip(&r.model)
                     )));
                 }
                 let served = self.registry.get(&r.model, Some(r.version))?;
                 self.check_state("resume.hidden", &served, r.num_layers, r.hidden_size, &r.h)?;
+                if r.step_index > ids::MAX_STEP_INDEX {
+                    return Err(EngineError::InvalidArgument(format!(
+                        "resume.step_index {} is past the largest step index {}",
+                        r.step_index,
+                        ids::MAX_STEP_INDEX
+                    )));
+                }
                 (served, Some(r.h), r.step_index)
             }
             (None, init) => {
-                if model.is_empty() {
-                    return Err(EngineError::InvalidArgument("model is required".into()));
-                }
                 let served = self.registry.get(model, version)?;
                 let h = match init {
                     Some((l, hs, h)) => {
@@ -385,30 +413,21 @@ impl Engine {
                 )?;
             }
         }
+        let need_bytes = predict::predict_bytes(&c, &seqs);
+        if need_bytes > self.config.max_predict_bytes {
+            return Err(EngineError::PredictTooLarge {
+                need_bytes,
+                limit_bytes: self.config.max_predict_bytes,
+            });
+        }
         let m = served.clone();
-        let (outputs, states) =
-            tokio::task::spawn_blocking(move || predict_blocking(&m.model, seqs))
-                .await
-                .map_err(|e| EngineError::Internal(format!("predict task: {e}")))??;
+        let (outputs, states) = tokio::task::spawn_blocking(move || predict::run(&m.model, &seqs))
+            .await
+            .map_err(|e| EngineError::Internal(format!("predict task: {e}")))??;
         Ok(PredictOut {
             model: served,
             outputs,
             states,
         })
     }
-}
-
-fn predict_blocking(
-    model: &crate::model::GruModel,
-    seqs: Vec<PredictSeq>,
-) -> Result<batcher::RowsOut, EngineError> {
-    let rows: Vec<batcher::RowIn<'_>> = seqs
-        .iter()
-        .map(|s| batcher::RowIn {
-            inputs: &s.inputs,
-            len: s.len,
-            h: s.initial.as_ref().map(|(_, _, h)| h.as_slice()),
-        })
-        .collect();
-    batcher::forward_rows(model, &rows)
 }

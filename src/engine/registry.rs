@@ -66,6 +66,7 @@ pub struct Registry {
 /// folders are the server's own: job records, half-written versions).
 pub fn valid_model_name(name: &str) -> bool {
     !name.is_empty()
+        && name.len() <= super::ids::MAX_ID_LEN
         && !name.starts_with('.')
         && name
             .chars()
@@ -261,6 +262,10 @@ impl Registry {
 
     /// The model `name` at `version`, or its latest version.
     pub fn get(&self, name: &str, version: Option<u64>) -> Result<Arc<ServedModel>, EngineError> {
+        // The same answer from every RPC: a missing name is the caller's mistake.
+        if name.is_empty() {
+            return Err(EngineError::InvalidArgument("model is required".into()));
+        }
         let models = self
             .models
             .read()

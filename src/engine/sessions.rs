@@ -1,13 +1,23 @@
 //! The session store: id → model version, per-layer h, step index, the last
 //! reply (for exactly-once retries); idle expiry and a cap on live sessions.
+//!
+//! Every operation on the request path is O(1) or O(log n): the map is cut
+//! into shards with a lock each, the live count is an atomic, and expiry
+//! works from a per-shard deadline heap that steps never touch (a session
+//! used since its entry was queued is re-queued when the entry comes due).
+//! Neither a refusal at the cap nor the background sweep scans every session.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
+use std::hash::{BuildHasher, RandomState};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use tokio::time::Instant;
 
 use super::batcher::StepOutcome;
+use super::ids;
 use super::registry::ServedModel;
 use super::EngineError;
 
@@ -84,16 +94,33 @@ pub struct OpenParams {
     pub step_index: u64,
 }
 
-struct Inner {
+/// Shards of the session map: enough that a step's lookup rarely waits for
+/// another's, few enough that a sweep's pass over them is cheap.
+const SHARDS: usize = 16;
+
+struct Shard {
     live: HashMap<String, Arc<Session>>,
-    /// (owner, client key) → session id: each tenant has its own key space.
-    keys: HashMap<(Option<String>, String), String>,
-    expired: HashSet<String>,
-    expired_order: VecDeque<String>,
+    /// (deadline when queued, id), soonest first. Lazy: a popped entry
+    /// whose session was used since is pushed again with its new deadline.
+    deadlines: BinaryHeap<Reverse<(Instant, String)>>,
 }
 
+/// Ids expired recently, so a late step hears "expired", not "not found".
+struct Expired {
+    set: HashSet<String>,
+    order: VecDeque<String>,
+}
+
+type KeyMap = HashMap<(Option<String>, String), String>;
+
 pub struct SessionStore {
-    inner: Mutex<Inner>,
+    shards: Box<[Mutex<Shard>]>,
+    hasher: RandomState,
+    /// (owner, client key) → session id: each tenant has its own key space.
+    /// Lock order: `keys` before a shard, never the other way round.
+    keys: Mutex<KeyMap>,
+    expired: Mutex<Expired>,
+    live: AtomicUsize,
     max_sessions: usize,
     ttl: Duration,
 }
@@ -103,22 +130,38 @@ pub(crate) fn new_id() -> String {
     format!("{:032x}", rand::random::<u128>())
 }
 
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every critical section below leaves its data consistent at each
+    // statement, so a panic elsewhere cannot leave a poisoned half-update.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 impl SessionStore {
     pub fn new(max_sessions: usize, ttl: Duration) -> Self {
         SessionStore {
-            inner: Mutex::new(Inner {
-                live: HashMap::new(),
-                keys: HashMap::new(),
-                expired: HashSet::new(),
-                expired_order: VecDeque::new(),
+            shards: (0..SHARDS)
+                .map(|_| {
+                    Mutex::new(Shard {
+                        live: HashMap::new(),
+                        deadlines: BinaryHeap::new(),
+                    })
+                })
+                .collect(),
+            hasher: RandomState::new(),
+            keys: Mutex::new(HashMap::new()),
+            expired: Mutex::new(Expired {
+                set: HashSet::new(),
+                order: VecDeque::new(),
             }),
+            live: AtomicUsize::new(0),
             max_sessions,
             ttl,
         }
     }
 
-    fn inner(&self) -> MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    fn shard(&self, id: &str) -> MutexGuard<'_, Shard> {
+        let n = self.hasher.hash_one(id) as usize % SHARDS;
+        lock(&self.shards[n])
     }
 
     pub fn ttl(&self) -> Duration {
@@ -126,7 +169,7 @@ impl SessionStore {
     }
 
     pub fn len(&self) -> usize {
-        self.inner().live.len()
+        self.live.load(Ordering::Relaxed)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -140,39 +183,32 @@ impl SessionStore {
         params: OpenParams,
     ) -> Result<(Arc<Session>, bool), EngineError> {
         let now = Instant::now();
-        let mut inner = self.inner();
-        if let Some(key) = &params.key {
-            if let Some(id) = inner
-                .keys
-                .get(&(params.owner.clone(), key.clone()))
-                .cloned()
-            {
-                if let Some(s) = inner.live.get(&id).cloned() {
+        // Held through the insert when a key is given: two opens with one
+        // key must not both create a session.
+        let mut keys = params.key.as_ref().map(|_| lock(&self.keys));
+        if let (Some(key), Some(map)) = (&params.key, keys.as_mut()) {
+            let k = (params.owner.clone(), key.clone());
+            if let Some(id) = map.get(&k).cloned() {
+                let found = self.shard(&id).live.get(&id).cloned();
+                if let Some(s) = found {
                     if !self.idle_too_long(&s, now) {
                         if s.model.name != model.name || s.model.version != model.version {
                             return Err(EngineError::FailedPrecondition(format!(
-                                "session key '{key}' belongs to a session on model '{}' version {}, not '{}' version {}",
-                                s.model.name, s.model.version, model.name, model.version
+                                "session key '{}' belongs to a session on model '{}' version {}, not '{}' version {}",
+                                ids::clip(key), s.model.name, s.model.version, model.name, model.version
                             )));
                         }
                         s.lock().last_used = now;
                         return Ok((s, false));
                     }
-                    Self::expire_locked(&mut inner, &id);
+                    if let Some(s) = self.remove(&id) {
+                        Self::forget_key(map, &s);
+                        self.remember_expired(&id);
+                    }
                 }
             }
         }
-        if inner.live.len() >= self.max_sessions {
-            // Reclaim idle sessions before refusing: never evict a live one.
-            self.expire_idle_locked(&mut inner, now);
-            if inner.live.len() >= self.max_sessions {
-                return Err(EngineError::ResourceExhausted(format!(
-                    "session limit reached: {} live sessions (max {}); close sessions or retry later",
-                    inner.live.len(),
-                    self.max_sessions
-                )));
-            }
-        }
+        self.reserve(now, keys.as_deref_mut())?;
         let c = model.model.config();
         let size = c.num_layers * c.hidden_size;
         let h = params.initial.unwrap_or_else(|| vec![0.0; size]);
@@ -190,51 +226,133 @@ impl SessionStore {
                 last_used: now,
             }),
         });
-        inner.live.insert(id.clone(), s.clone());
-        if let Some(k) = params.key {
-            inner.keys.insert((params.owner, k), id);
+        {
+            let mut shard = self.shard(&id);
+            shard.live.insert(id.clone(), s.clone());
+            shard.deadlines.push(Reverse((now + self.ttl, id.clone())));
+            Self::compact(&mut shard, self.ttl);
+        }
+        if let (Some(k), Some(map)) = (params.key, keys.as_mut()) {
+            map.insert((params.owner, k), id);
         }
         Ok((s, true))
+    }
+
+    /// Counts one more live session, reclaiming idle ones at the cap before
+    /// refusing: never evicts a live one.
+    fn reserve(&self, now: Instant, keys: Option<&mut KeyMap>) -> Result<(), EngineError> {
+        let mut keys = keys;
+        let mut reclaimed = false;
+        loop {
+            let n = self.live.load(Ordering::Acquire);
+            if n >= self.max_sessions {
+                if reclaimed {
+                    return Err(EngineError::ResourceExhausted(format!(
+                        "session limit reached: {n} live sessions (max {}); close sessions or retry later",
+                        self.max_sessions
+                    )));
+                }
+                reclaimed = true;
+                match keys.as_deref_mut() {
+                    Some(map) => self.expire_due(now, map),
+                    None => self.expire_due(now, &mut lock(&self.keys)),
+                };
+                continue;
+            }
+            if self
+                .live
+                .compare_exchange(n, n + 1, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Rebuilds a shard's heap when stale entries (closed sessions) outnumber
+    /// the live ones, so opening and closing in a loop cannot grow it.
+    fn compact(shard: &mut Shard, ttl: Duration) {
+        if shard.deadlines.len() > 2 * shard.live.len() + 64 {
+            let fresh = shard
+                .live
+                .values()
+                .map(|s| Reverse((s.lock().last_used + ttl, s.id.clone())))
+                .collect();
+            shard.deadlines = fresh;
+        }
     }
 
     fn idle_too_long(&self, s: &Session, now: Instant) -> bool {
         now.saturating_duration_since(s.lock().last_used) > self.ttl
     }
 
-    fn expire_locked(inner: &mut Inner, id: &str) {
-        if let Some(s) = inner.live.remove(id) {
-            s.lock().closed = true;
-            if let Some(k) = &s.key {
-                let k = (s.owner.clone(), k.clone());
-                if inner.keys.get(&k).map(String::as_str) == Some(id) {
-                    inner.keys.remove(&k);
-                }
+    /// Takes `id` out of the live map (and counts it expired); the caller
+    /// drops its key with [`Self::forget_key`] under the keys lock.
+    fn remove(&self, id: &str) -> Option<Arc<Session>> {
+        let s = self.shard(id).live.remove(id)?;
+        self.live.fetch_sub(1, Ordering::AcqRel);
+        s.lock().closed = true;
+        Some(s)
+    }
+
+    fn forget_key(keys: &mut KeyMap, s: &Session) {
+        if let Some(k) = &s.key {
+            let k = (s.owner.clone(), k.clone());
+            if keys.get(&k) == Some(&s.id) {
+                keys.remove(&k);
             }
-            inner.expired.insert(id.to_string());
-            inner.expired_order.push_back(id.to_string());
-            while inner.expired_order.len() > EXPIRED_MEMORY {
-                if let Some(old) = inner.expired_order.pop_front() {
-                    inner.expired.remove(&old);
-                }
+        }
+    }
+
+    fn remember_expired(&self, id: &str) {
+        let mut e = lock(&self.expired);
+        if e.set.insert(id.to_string()) {
+            e.order.push_back(id.to_string());
+        }
+        while e.order.len() > EXPIRED_MEMORY {
+            if let Some(old) = e.order.pop_front() {
+                e.set.remove(&old);
             }
+        }
+    }
+
+    fn expire(&self, id: &str) {
+        if let Some(s) = self.remove(id) {
+            Self::forget_key(&mut lock(&self.keys), &s);
+            self.remember_expired(id);
         }
     }
 
     /// The live session `id`, marked as used now. Expired → SessionExpired.
     pub fn get(&self, id: &str) -> Result<Arc<Session>, EngineError> {
+        self.get_owned_inner(id, None)
+    }
+
+    fn get_owned_inner(
+        &self,
+        id: &str,
+        owner: Option<Option<&str>>,
+    ) -> Result<Arc<Session>, EngineError> {
+        ids::check_id("session_id", id)?;
         let now = Instant::now();
-        let mut inner = self.inner();
-        match inner.live.get(id).cloned() {
+        let found = self.shard(id).live.get(id).cloned();
+        match found {
+            Some(s) if owner.is_some_and(|o| s.owner.as_deref() != o) => {
+                Err(EngineError::SessionNotFound(id.to_string()))
+            }
             Some(s) => {
-                let idle = now.saturating_duration_since(s.lock().last_used);
+                let mut d = s.lock();
+                let idle = now.saturating_duration_since(d.last_used);
                 if idle > self.ttl {
-                    Self::expire_locked(&mut inner, id);
+                    drop(d);
+                    self.expire(id);
                     return Err(self.expired_error(id, Some(idle)));
                 }
-                s.lock().last_used = now;
+                d.last_used = now;
+                drop(d);
                 Ok(s)
             }
-            None if inner.expired.contains(id) => Err(self.expired_error(id, None)),
+            None if lock(&self.expired).set.contains(id) => Err(self.expired_error(id, None)),
             None => Err(EngineError::SessionNotFound(id.to_string())),
         }
     }
@@ -250,49 +368,54 @@ impl SessionStore {
     /// [`Self::get`] for a caller: another tenant's session is NOT_FOUND,
     /// exactly as a missing one (no way to probe ids across tenants).
     pub fn get_owned(&self, id: &str, owner: Option<&str>) -> Result<Arc<Session>, EngineError> {
-        let foreign = self
-            .inner()
-            .live
-            .get(id)
-            .is_some_and(|s| s.owner.as_deref() != owner);
-        if foreign {
-            return Err(EngineError::SessionNotFound(id.to_string()));
-        }
-        self.get(id)
+        self.get_owned_inner(id, Some(owner))
     }
 
     /// Closes a caller's session; returns its step index.
     pub fn close(&self, id: &str, owner: Option<&str>) -> Result<u64, EngineError> {
         let s = self.get_owned(id, owner)?;
-        let mut inner = self.inner();
-        inner.live.remove(id);
-        if let Some(k) = &s.key {
-            let k = (s.owner.clone(), k.clone());
-            if inner.keys.get(&k).map(String::as_str) == Some(id) {
-                inner.keys.remove(&k);
-            }
+        if let Some(s) = self.remove(id) {
+            Self::forget_key(&mut lock(&self.keys), &s);
         }
-        let mut d = s.lock();
-        d.closed = true;
-        Ok(d.step_index)
+        let step_index = s.lock().step_index;
+        Ok(step_index)
     }
 
     /// Expires every session idle longer than the TTL; returns how many.
+    /// Visits only heap entries that came due, not every session.
     pub fn sweep(&self) -> usize {
-        let mut inner = self.inner();
-        self.expire_idle_locked(&mut inner, Instant::now())
+        self.expire_due(Instant::now(), &mut lock(&self.keys))
     }
 
-    fn expire_idle_locked(&self, inner: &mut Inner, now: Instant) -> usize {
-        let idle: Vec<String> = inner
-            .live
-            .iter()
-            .filter(|(_, s)| self.idle_too_long(s, now))
-            .map(|(id, _)| id.clone())
-            .collect();
-        for id in &idle {
-            Self::expire_locked(inner, id);
+    fn expire_due(&self, now: Instant, keys: &mut KeyMap) -> usize {
+        let mut expired = Vec::new();
+        for shard in self.shards.iter() {
+            let mut shard = lock(shard);
+            while let Some(Reverse((deadline, _))) = shard.deadlines.peek() {
+                if *deadline >= now {
+                    break;
+                }
+                let Some(Reverse((_, id))) = shard.deadlines.pop() else {
+                    break;
+                };
+                let Some(s) = shard.live.get(&id).cloned() else {
+                    continue; // closed or expired already
+                };
+                let last_used = s.lock().last_used;
+                if now.saturating_duration_since(last_used) > self.ttl {
+                    shard.live.remove(&id);
+                    self.live.fetch_sub(1, Ordering::AcqRel);
+                    s.lock().closed = true;
+                    expired.push(s);
+                } else {
+                    shard.deadlines.push(Reverse((last_used + self.ttl, id)));
+                }
+            }
         }
-        idle.len()
+        for s in &expired {
+            Self::forget_key(keys, s);
+            self.remember_expired(&s.id);
+        }
+        expired.len()
     }
 }

@@ -37,7 +37,12 @@ impl From<EngineError> for Status {
             | EngineError::SessionNotFound(_)
             | EngineError::SessionExpired { .. }
             | EngineError::JobNotFound(_) => Status::not_found(msg),
-            EngineError::InvalidArgument(_) => Status::invalid_argument(msg),
+            EngineError::InvalidArgument(_) | EngineError::BadId { .. } => {
+                Status::invalid_argument(msg)
+            }
+            EngineError::PredictTooLarge { .. } => Status::resource_exhausted(msg),
+            EngineError::StepIndexOverflow { .. } => Status::failed_precondition(msg),
+            EngineError::WorkerPanicked { .. } => Status::internal(msg),
             EngineError::FailedPrecondition(_) => Status::failed_precondition(msg),
             EngineError::ResourceExhausted(_) => Status::resource_exhausted(msg),
             EngineError::Unavailable(_) => Status::unavailable(msg),
