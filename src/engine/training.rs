@@ -30,7 +30,7 @@ use tokio::sync::watch;
 
 use super::registry::{load_version_dir, valid_model_name, Registry};
 use super::EngineError;
-use crate::model::train::{train, validate_dataset, Progress, Sequence, TrainConfig};
+use crate::model::train::{train, validate_dataset, Progress, Sequence, TrainConfig, TrainOutcome};
 use crate::model::weights::{save_native, write_atomic};
 use crate::model::{GruModel, ModelConfig, ModelError};
 
@@ -49,6 +49,9 @@ pub struct TrainingConfig {
     pub max_sequence_len: usize,
     /// Largest model (parameters) a job may create.
     pub max_model_parameters: usize,
+    /// Most memory one mini-batch's forward and BPTT may hold, worst case
+    /// (`batch_size` rows padded to the longest sequence).
+    pub max_batch_bytes: u64,
     /// OS niceness of training threads (Linux; 0 = same as serving).
     pub nice: i32,
     /// Finished job records kept (oldest dropped first).
@@ -64,6 +67,9 @@ pub struct TrainingConfig {
 pub enum PublishFault {
     /// After the files are written and fsynced, before the rename.
     BeforeRename,
+    /// The weights file comes out torn (half its bytes), as a failing disk
+    /// or a bug would leave it; the check before the rename must catch it.
+    TornWeights,
 }
 
 impl Default for TrainingConfig {
@@ -75,6 +81,7 @@ impl Default for TrainingConfig {
             max_dataset_bytes: 1 << 30,
             max_sequence_len: 100_000,
             max_model_parameters: 50_000_000,
+            max_batch_bytes: 2 << 30,
             nice: 10,
             max_job_records: 1000,
             fault: None,
@@ -314,8 +321,21 @@ impl Training {
                 }
             };
             if !status.state.is_final() {
-                status.state = JobState::Interrupted;
-                status.error = "the server stopped before the job finished".into();
+                // Cut off by a stop. If its version was renamed into place
+                // before the stop, the job did succeed: say so, or a client
+                // trusting the record would train and publish it again.
+                match published_by(&self.model_dir, &status.model, &status.job_id) {
+                    Some(result) => {
+                        tracing::info!(job = %status.job_id, model = %status.model, version = result.version, "a job cut off after publishing is marked succeeded");
+                        status.state = JobState::Succeeded;
+                        status.result = Some(result);
+                        status.error = String::new();
+                    }
+                    None => {
+                        status.state = JobState::Interrupted;
+                        status.error = "the server stopped before the job finished".into();
+                    }
+                }
                 status.finished_unix_ms = now_ms();
                 self.persist(&status);
             }
@@ -359,6 +379,7 @@ impl Training {
     }
 
     fn find(&self, id: &str) -> Result<Arc<Job>, EngineError> {
+        super::ids::check_id("job_id", id)?;
         lock(&self.jobs)
             .values()
             .find(|j| lock(&j.status).job_id == id)
@@ -375,7 +396,8 @@ impl Training {
     ) -> Result<ModelConfig, EngineError> {
         if !valid_model_name(model) {
             return Err(EngineError::InvalidArgument(format!(
-                "model name '{model}' must be non-empty, use [A-Za-z0-9._-] and not start with '.'"
+                "model name '{}' must be non-empty, use [A-Za-z0-9._-] and not start with '.'",
+                super::ids::clip(model)
             )));
         }
         match target {
@@ -420,6 +442,15 @@ impl Training {
         }
         validate_dataset(&req.data, &config, self.config.max_sequence_len)
             .map_err(|e| EngineError::InvalidArgument(e.to_string()))?;
+        let need = batch_bytes(&config, &req.data, req.hyperparameters.batch_size);
+        if need > self.config.max_batch_bytes {
+            return Err(EngineError::ResourceExhausted(format!(
+                "a mini-batch of {} sequences padded to the longest ({} steps) needs about {need} bytes; this server allows {} (--max-training-batch-bytes): use a smaller batch_size or shorter sequences",
+                req.hyperparameters.batch_size.min(req.data.len()),
+                req.data.iter().map(|s| s.len(config.input_size)).max().unwrap_or(0),
+                self.config.max_batch_bytes
+            )));
+        }
         let (base, base_version, description) = match req.target {
             JobTarget::New {
                 config,
@@ -678,16 +709,8 @@ impl Training {
         );
         drop(input.data);
         match outcome {
-            Ok(out) => match self.publish(&id, &model_name, &out.model, &input.description) {
-                Ok(version) => {
-                    let result = JobResult {
-                        model: model_name.clone(),
-                        version,
-                        epochs_run: out.epochs_run,
-                        final_train_loss: out.final_train_loss,
-                        best_validation_loss: out.best_val_loss,
-                        stopped_early: out.stopped_early,
-                    };
+            Ok(out) => match self.publish(&id, &model_name, &out, &input.description) {
+                Ok(result) => {
                     self.finish(job, JobState::Succeeded, String::new(), Some(result));
                 }
                 Err(e) => self.finish(job, JobState::Failed, format!("publishing: {e}"), None),
@@ -714,14 +737,22 @@ impl Training {
         &self,
         job_id: &str,
         name: &str,
-        model: &GruModel,
+        out: &TrainOutcome,
         description: &str,
-    ) -> Result<u64, String> {
+    ) -> Result<JobResult, String> {
+        let model = &out.model;
         // One change of the repository at a time (publications, rescans):
         // the version number is chosen, written and served under it.
         let _one_at_a_time = self.registry.change_guard();
         let root = self.model_dir.join(name);
-        if !root.exists() {
+        let new_root = !root.exists();
+        // A failed first publish leaves no empty model folder behind.
+        let undo_root = || {
+            if new_root {
+                let _ = std::fs::remove_dir(&root);
+            }
+        };
+        if new_root {
             std::fs::create_dir_all(&root).map_err(|e| format!("{}: {e}", root.display()))?;
             sync_dir(&self.model_dir)?;
         }
@@ -733,6 +764,14 @@ impl Training {
             .unwrap_or(0);
         let served = self.registry.versions(name).last().copied().unwrap_or(0);
         let version = on_disk.max(served) + 1;
+        let result = JobResult {
+            model: name.to_string(),
+            version,
+            epochs_run: out.epochs_run,
+            final_train_loss: out.final_train_loss,
+            best_validation_loss: out.best_val_loss,
+            stopped_early: out.stopped_early,
+        };
         let tmp = root.join(format!("{TMP_PREFIX}{job_id}"));
         let _ = std::fs::remove_dir_all(&tmp);
         let write = || -> Result<(), String> {
@@ -740,7 +779,13 @@ impl Training {
             let serving = serde_json::json!({ "description": description });
             write_atomic(&tmp.join("serving.json"), serving.to_string().as_bytes())
                 .map_err(|e| e.to_string())?;
-            let provenance = serde_json::json!({ "job_id": job_id, "trained_unix_ms": now_ms() });
+            // The result travels with the version, so a crash between the
+            // rename and the job record's update is reconciled at start.
+            let provenance = serde_json::json!({
+                "job_id": job_id,
+                "trained_unix_ms": now_ms(),
+                "result": &result,
+            });
             write_atomic(
                 &tmp.join("training.json"),
                 provenance.to_string().as_bytes(),
@@ -748,26 +793,46 @@ impl Training {
             .map_err(|e| e.to_string())?;
             sync_dir(&tmp)
         };
-        if let Err(e) = write() {
-            let _ = std::fs::remove_dir_all(&tmp);
-            return Err(e);
-        }
+        // Check it the way a restart would read it (finite weights, shapes,
+        // config) while it is still invisible; only a whole, loadable version
+        // is renamed into place. Serving what was read back from disk means a
+        // restart serves the very same weights.
+        let checked = write().and_then(|()| {
+            if self.config.fault == Some(PublishFault::TornWeights) {
+                let f = tmp.join("model.safetensors");
+                let len = std::fs::metadata(&f).map_err(|e| e.to_string())?.len();
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&f)
+                    .and_then(|w| w.set_len(len / 2))
+                    .map_err(|e| e.to_string())?;
+            }
+            load_version_dir(&tmp, self.registry.device())
+                .map_err(|e| format!("the written version does not load: {e}"))
+        });
+        let (loaded, meta) = match checked {
+            Ok(v) => v,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&tmp);
+                undo_root();
+                return Err(e);
+            }
+        };
         if self.config.fault == Some(PublishFault::BeforeRename) {
             return Err("injected fault after writing, before the rename".into());
         }
         let dir = root.join(version.to_string());
         std::fs::rename(&tmp, &dir).map_err(|e| {
             let _ = std::fs::remove_dir_all(&tmp);
+            undo_root();
             format!("rename to {}: {e}", dir.display())
         })?;
         sync_dir(&root)?;
-        // Serve what is on disk, so a restart serves the very same weights.
-        let (loaded, meta) = load_version_dir(&dir, self.registry.device())?;
         self.registry
             .insert(name, version, loaded, meta)
             .map_err(|e| e.to_string())?;
         tracing::info!(job = %job_id, model = %name, version, "published a trained model version");
-        Ok(version)
+        Ok(result)
     }
 }
 
@@ -809,6 +874,59 @@ fn progress_event(p: &Progress, elapsed: Duration) -> ProgressEvent {
         eta_seconds: secs * (total - done) as f64 / done as f64,
         epoch_done: p.epoch_done,
     }
+}
+
+/// Worst-case memory of one mini-batch: `batch_size` rows padded to the
+/// longest sequence, each padded step holding its input, target and output
+/// rows and, per layer, the BPTT cache and gradients (about 12 H).
+fn batch_bytes(c: &ModelConfig, data: &[Sequence], batch_size: usize) -> u64 {
+    let longest = data.iter().map(|s| s.len(c.input_size)).max().unwrap_or(0) as u64;
+    let rows = batch_size.min(data.len()) as u64;
+    let per_step =
+        4 * (c.input_size + 2 * c.output_dim() + c.num_layers * 12 * c.hidden_size) as u64;
+    rows.saturating_mul(longest).saturating_mul(per_step)
+}
+
+/// The result recorded in the `training.json` of a version of `model` that
+/// job `job_id` published, if one did.
+fn published_by(model_dir: &Path, model: &str, job_id: &str) -> Option<JobResult> {
+    #[derive(Deserialize)]
+    struct Provenance {
+        job_id: String,
+        result: Option<JobResult>,
+    }
+    if !valid_model_name(model) {
+        return None;
+    }
+    let root = model_dir.join(model);
+    for entry in std::fs::read_dir(&root).ok()?.flatten() {
+        let Some(version) = entry
+            .file_name()
+            .to_str()
+            .and_then(|v| v.parse::<u64>().ok())
+        else {
+            continue;
+        };
+        let Ok(bytes) = std::fs::read(entry.path().join("training.json")) else {
+            continue;
+        };
+        let Ok(p) = serde_json::from_slice::<Provenance>(&bytes) else {
+            continue;
+        };
+        if p.job_id == job_id {
+            let mut result = p.result.unwrap_or(JobResult {
+                model: model.to_string(),
+                version,
+                epochs_run: 0,
+                final_train_loss: 0.0,
+                best_validation_loss: None,
+                stopped_early: false,
+            });
+            result.version = version;
+            return Some(result);
+        }
+    }
+    None
 }
 
 fn sync_dir(dir: &Path) -> Result<(), String> {

@@ -232,6 +232,13 @@ impl Schedule {
     }
 }
 
+/// Most epochs one run may ask for: with the dataset limits, a bound on how
+/// long one job can hold a training thread.
+pub const MAX_EPOCHS: usize = 100_000;
+
+/// Largest mini-batch, in sequences.
+pub const MAX_BATCH_SIZE: usize = 65_536;
+
 /// Hyper-parameters of a training run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrainConfig {
@@ -273,20 +280,77 @@ impl Default for TrainConfig {
 impl TrainConfig {
     pub fn validate(&self) -> Result<(), ModelError> {
         let bad = |m: String| Err(ModelError::Input(m));
-        if self.epochs == 0 {
-            return bad("epochs must be at least 1".into());
+        // The weights are f32: a rate or factor f32 cannot hold would make
+        // every weight non-finite after one update.
+        let f32_range = |v: f64| v.is_finite() && v.abs() <= f32::MAX as f64;
+        if !(1..=MAX_EPOCHS).contains(&self.epochs) {
+            return bad(format!(
+                "epochs {} must be in 1..={MAX_EPOCHS}",
+                self.epochs
+            ));
         }
-        if self.batch_size == 0 {
-            return bad("batch_size must be at least 1".into());
+        if !(1..=MAX_BATCH_SIZE).contains(&self.batch_size) {
+            return bad(format!(
+                "batch_size {} must be in 1..={MAX_BATCH_SIZE}",
+                self.batch_size
+            ));
         }
-        if !(self.learning_rate.is_finite() && self.learning_rate > 0.0) {
-            return bad(format!("learning_rate {} must be > 0", self.learning_rate));
+        if !(f32_range(self.learning_rate) && self.learning_rate >= f32::MIN_POSITIVE as f64) {
+            return bad(format!(
+                "learning_rate {} must be > 0 and within f32 range",
+                self.learning_rate
+            ));
         }
-        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
-            return bad(format!("weight_decay {} must be ≥ 0", self.weight_decay));
+        if !(f32_range(self.weight_decay) && self.weight_decay >= 0.0) {
+            return bad(format!(
+                "weight_decay {} must be ≥ 0 and within f32 range",
+                self.weight_decay
+            ));
         }
-        if matches!(self.clip_norm, Some(c) if !(c.is_finite() && c > 0.0)) {
-            return bad(format!("clip_norm {:?} must be > 0", self.clip_norm));
+        if matches!(self.clip_norm, Some(c) if !(f32_range(c) && c > 0.0)) {
+            return bad(format!(
+                "clip_norm {:?} must be > 0 and within f32 range",
+                self.clip_norm
+            ));
+        }
+        match self.optimizer {
+            OptimizerKind::Sgd { momentum } => {
+                if !(0.0..1.0).contains(&momentum) {
+                    return bad(format!("momentum {momentum} must be in [0, 1)"));
+                }
+            }
+            OptimizerKind::AdamW { beta1, beta2, eps } => {
+                if !((0.0..1.0).contains(&beta1) && (0.0..1.0).contains(&beta2)) {
+                    return bad(format!("beta1 {beta1} and beta2 {beta2} must be in [0, 1)"));
+                }
+                if !(f32_range(eps) && eps >= f32::MIN_POSITIVE as f64) {
+                    return bad(format!("eps {eps} must be > 0 and within f32 range"));
+                }
+            }
+        }
+        match self.schedule {
+            Schedule::Constant => {}
+            Schedule::Cosine { min_lr } => {
+                if !(f32_range(min_lr) && (0.0..=self.learning_rate).contains(&min_lr)) {
+                    return bad(format!(
+                        "cosine min_learning_rate {min_lr} must be in [0, learning_rate {}]",
+                        self.learning_rate
+                    ));
+                }
+            }
+            Schedule::Step {
+                every_epochs,
+                gamma,
+            } => {
+                if every_epochs == 0 {
+                    return bad("step schedule: step_every_epochs must be at least 1".into());
+                }
+                if !(f32_range(gamma) && gamma > 0.0) {
+                    return bad(format!(
+                        "step schedule: step_gamma {gamma} must be > 0 and within f32 range"
+                    ));
+                }
+            }
         }
         if self.tbptt_window == Some(0) {
             return bad("tbptt_window must be at least 1".into());
