@@ -274,3 +274,57 @@ fn bad_inputs_are_refused_with_a_message() {
     let bad_state = Tensor::zeros((1, 2, 7), DType::F32, &Device::Cpu).unwrap();
     assert!(err(m.forward(&xs, &[4, 4], Some(&bad_state))).contains("[2, 2, 7]"));
 }
+
+/// The shared comparison helpers fail on a NaN or an infinity anywhere, not
+/// only at the first element (candle's `max` and `f32::max` skip a NaN).
+#[test]
+fn comparison_helpers_fail_on_a_late_nan_or_infinity() {
+    use std::panic::{catch_unwind, AssertUnwindSafe};
+    let fails = |f: &dyn Fn()| catch_unwind(AssertUnwindSafe(f)).is_err();
+    let n = 64;
+    let ok = vec![0.25f32; n];
+    let t = |v: &[f32]| Tensor::from_slice(v, (8, 8), &Device::Cpu).unwrap();
+    assert_close("same", &t(&ok), &t(&ok), 0.0);
+    assert_eq!(max_abs_diff(&t(&ok), &t(&ok)), 0.0);
+    for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+        let mut v = ok.clone();
+        v[n - 1] = bad;
+        let (good, bad_t) = (t(&ok), t(&v));
+        assert!(
+            fails(&|| assert_close("got", &bad_t, &good, 1e-5)),
+            "{bad} in got"
+        );
+        assert!(
+            fails(&|| assert_close("want", &good, &bad_t, 1e-5)),
+            "{bad} in want"
+        );
+        assert!(
+            fails(&|| assert_close("both", &bad_t, &bad_t, 1e-5)),
+            "{bad} in both"
+        );
+        assert!(fails(&|| {
+            max_abs_diff(&bad_t, &good);
+        }));
+        #[cfg(feature = "grpc")]
+        {
+            assert!(
+                fails(&|| common::server::assert_close("got", &v, &ok)),
+                "{bad}"
+            );
+            assert!(
+                fails(&|| common::server::assert_close("want", &ok, &v)),
+                "{bad}"
+            );
+        }
+    }
+    // Finite values keep their tolerance: 1e-3 apart passes at 1.1e-3, not at 1e-4.
+    let mut v = ok.clone();
+    v[40] += 1e-3;
+    assert_close("at tol", &t(&v), &t(&ok), 1.1e-3);
+    assert!(fails(&|| assert_close("over tol", &t(&v), &t(&ok), 1e-4)));
+    #[cfg(feature = "grpc")]
+    {
+        common::server::assert_close("same", &ok, &ok);
+        assert!(fails(&|| common::server::assert_close("over", &v, &ok)));
+    }
+}
