@@ -6,6 +6,7 @@ mod common;
 
 use candle_core::{DType, Device, Tensor, Var};
 use gru_serve::model::bptt::{loss_and_grad, Batch, Gradients, Target};
+use gru_serve::model::train::{make_batch, validate_dataset, SeqTarget, Sequence};
 use gru_serve::model::{
     Backend, GruLayer, GruModel, Head, LayerParams, ModelConfig, Precision, ResetMode, Task,
 };
@@ -207,6 +208,19 @@ fn rel_err(a: f64, b: f64) -> f64 {
     (a - b).abs() / a.abs().max(b.abs())
 }
 
+/// Relative error of an analytic gradient entry against its finite
+/// difference; entries ~0 on both sides count as exact. Infinite when either
+/// is not finite (`f64::max` would let a NaN through the ~0 test).
+fn grad_err(analytic: f64, fd: f64) -> f64 {
+    if !(analytic.is_finite() && fd.is_finite()) {
+        return f64::INFINITY;
+    }
+    if analytic.abs() < 1e-10 && fd.abs() < 1e-10 {
+        return 0.0;
+    }
+    rel_err(analytic, fd)
+}
+
 fn five_point(f: &dyn Fn(f64) -> f64, h: f64) -> f64 {
     (-f(2.0 * h) + 8.0 * f(h) - 8.0 * f(-h) + f(-2.0 * h)) / (12.0 * h)
 }
@@ -214,21 +228,27 @@ fn five_point(f: &dyn Fn(f64) -> f64, h: f64) -> f64 {
 fn check_finite_differences(mode: ResetMode, kind: Kind, window: Option<usize>) {
     let m = model(mode);
     let (batch, h0) = batch(kind);
-    let (loss, grads) = m.loss_and_gradients(&batch, Some(&h0), window).unwrap();
+    check_fd(&m, &batch, &h0, &format!("{mode:?} {kind:?}"), window);
+}
+
+/// The analytic gradients of `batch`'s loss (lengths `LENS`, `T` steps) against
+/// the fused backward and fourth-order central finite differences.
+fn check_fd(m: &GruModel, batch: &Batch, h0: &Tensor, what: &str, window: Option<usize>) {
+    let (loss, grads) = m.loss_and_gradients(batch, Some(h0), window).unwrap();
     // The fused CPU backward equals the candle-op backward (so the finite
     // differences below check both).
     let fused = m.clone().with_backend(Backend::Fused);
-    let (loss_f, gf) = fused.loss_and_gradients(&batch, Some(&h0), window).unwrap();
+    let (loss_f, gf) = fused.loss_and_gradients(batch, Some(h0), window).unwrap();
     assert!((loss - loss_f).abs() < 1e-13);
     for (k, (a, b)) in grad_list(&grads).iter().zip(grad_list(&gf)).enumerate() {
         let d = common::max_abs_diff(a, &b);
         assert!(
             d < 1e-12,
-            "{mode:?} {kind:?} {window:?}: fused param {k} differs by {d:e}"
+            "{what} {window:?}: fused param {k} differs by {d:e}"
         );
     }
     assert!(common::max_abs_diff(&grads.h0, &gf.h0) < 1e-12);
-    let base = params(&m);
+    let base = params(m);
     let analytic = grad_list(&grads);
     // Fourth-order central differences: truncation O(h⁴) and rounding ~1e-16/h
     // both stay near 1e-13, so even small gradient entries are checked to 1e-6.
@@ -243,19 +263,13 @@ fn check_finite_differences(mode: ResetMode, kind: Kind, window: Option<usize>) 
                 v[e] += delta;
                 let mut ps = base.clone();
                 ps[p] = Tensor::from_vec(v, theta.dims(), &Device::Cpu).unwrap();
-                objective(&set_params(&m, &ps), &m, &batch, &h0, window)
+                objective(&set_params(m, &ps), m, batch, h0, window)
             };
             let fd = five_point(&eval, eps);
-            let err = rel_err(gflat[e], fd);
-            // Entries whose gradient is ~0 on both sides are compared absolutely.
-            let err = if gflat[e].abs().max(fd.abs()) < 1e-10 {
-                0.0
-            } else {
-                err
-            };
+            let err = grad_err(gflat[e], fd);
             assert!(
                 err <= 1e-6,
-                "{mode:?} {kind:?} window {window:?}: param {p} elem {e}: analytic {} vs FD {fd} (rel {err:e})",
+                "{what} window {window:?}: param {p} elem {e}: analytic {} vs FD {fd} (rel {err:e})",
                 gflat[e]
             );
             worst = worst.max(err);
@@ -299,18 +313,14 @@ fn check_finite_differences(mode: ResetMode, kind: Kind, window: Option<usize>) 
             loss_and_grad(&ys, &first.target, &w).unwrap().0 * wsum / total_w
         };
         let fd = five_point(&eval, eps);
-        let err = if gh0[e].abs().max(fd.abs()) < 1e-10 {
-            0.0
-        } else {
-            rel_err(gh0[e], fd)
-        };
+        let err = grad_err(gh0[e], fd);
         assert!(
             err <= 1e-6,
-            "{mode:?} {kind:?} {window:?}: dL/dh0[{e}] {} vs FD {fd}",
+            "{what} {window:?}: dL/dh0[{e}] {} vs FD {fd}",
             gh0[e]
         );
     }
-    eprintln!("{mode:?} {kind:?} window {window:?}: worst relative error {worst:e}");
+    eprintln!("{what} window {window:?}: worst relative error {worst:e}");
 }
 
 #[test]
@@ -327,6 +337,125 @@ fn finite_differences_before_matmul() {
     for kind in [Kind::Mse, Kind::ClassPerStep, Kind::ClassLast] {
         for window in [None, Some(4)] {
             check_finite_differences(ResetMode::BeforeMatmul, kind, window);
+        }
+    }
+}
+
+/// Sequences as the training endpoint gets them (`Sequence` with optional
+/// `step_weights`, lengths `LENS`), for `task`: unequal weights, a zero
+/// weight, and one sequence without weights.
+fn weighted_sequences(task: Task) -> Vec<Sequence> {
+    let xs = common::rand_tensor(&[B, T, I], 41, 1.5);
+    let targets = common::rand_tensor(&[B, T, O], 42, 1.0);
+    LENS.iter()
+        .enumerate()
+        .map(|(r, &len)| {
+            let inputs = xs.get(r).unwrap().narrow(0, 0, len).unwrap();
+            let inputs = inputs.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let target = match task {
+                Task::Regression => {
+                    let t = targets.get(r).unwrap().narrow(0, 0, len).unwrap();
+                    SeqTarget::Values(t.flatten_all().unwrap().to_vec1::<f32>().unwrap())
+                }
+                Task::ClassifyPerStep => {
+                    SeqTarget::Classes((0..len).map(|t| ((r + 2 * t) % O) as u32).collect())
+                }
+                Task::ClassifyLast => SeqTarget::Class((r % O) as u32),
+            };
+            let weights = match (task, r) {
+                (_, 1) => None,
+                // One label: weighted at the last step only.
+                (Task::ClassifyLast, _) => Some(
+                    (0..len)
+                        .map(|t| if t + 1 == len { 0.5 + r as f32 } else { 0.0 })
+                        .collect(),
+                ),
+                _ => Some(
+                    (0..len)
+                        .map(|t| [0.5, 0.0, 2.0, 1.0][(t + r) % 4])
+                        .collect(),
+                ),
+            };
+            Sequence {
+                inputs,
+                target,
+                weights,
+            }
+        })
+        .collect()
+}
+
+/// The weighted loss computed directly from the sequences (not from the
+/// batch's weight and label tensors): Σ w·ℓ / Σ w over the scored steps, ℓ the
+/// squared error averaged over outputs, or the cross-entropy.
+fn loss_from_sequences(m: &GruModel, seqs: &[Sequence], xs: &Tensor, h0: &Tensor) -> f64 {
+    let (ys, _) = m.forward(xs, &LENS, Some(h0)).unwrap();
+    let ys = ys.to_vec3::<f64>().unwrap();
+    let (mut sum, mut total) = (0.0, 0.0);
+    for (r, s) in seqs.iter().enumerate() {
+        let len = LENS[r];
+        let w = |t: usize| s.weights.as_ref().map_or(1.0, |w| w[t] as f64);
+        let ce = |y: &[f64], c: usize| {
+            let m = y.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            m + y.iter().map(|v| (v - m).exp()).sum::<f64>().ln() - y[c]
+        };
+        match &s.target {
+            SeqTarget::Values(v) => {
+                for t in 0..len {
+                    let se: f64 = (0..O)
+                        .map(|o| (ys[r][t][o] - v[t * O + o] as f64).powi(2))
+                        .sum();
+                    sum += w(t) * se / O as f64;
+                    total += w(t);
+                }
+            }
+            SeqTarget::Classes(l) => {
+                for t in 0..len {
+                    sum += w(t) * ce(&ys[r][t], l[t] as usize);
+                    total += w(t);
+                }
+            }
+            SeqTarget::Class(c) => {
+                sum += w(len - 1) * ce(&ys[r][len - 1], *c as usize);
+                total += w(len - 1);
+            }
+        }
+    }
+    sum / total
+}
+
+/// The training path with per-step weights (`make_batch` from `Sequence`s):
+/// its loss equals the weighted loss computed from the sequences themselves,
+/// and its analytic gradients match finite differences, for all three tasks,
+/// full BPTT and a window.
+#[test]
+fn finite_differences_on_weighted_sequences_for_every_task() {
+    for mode in [ResetMode::AfterMatmul, ResetMode::BeforeMatmul] {
+        let m = model(mode);
+        let h0 = common::rand_tensor(&[2, B, H], 43, 0.8)
+            .to_dtype(DType::F64)
+            .unwrap();
+        for task in [Task::Regression, Task::ClassifyPerStep, Task::ClassifyLast] {
+            let seqs = weighted_sequences(task);
+            let cfg = m.config().clone().with_task(task);
+            validate_dataset(&seqs, &cfg, 100).unwrap();
+            let refs: Vec<&Sequence> = seqs.iter().collect();
+            let batch = make_batch(&refs, I, O, DType::F64, &Device::Cpu).unwrap();
+            let (loss, _) = m.loss_and_gradients(&batch, Some(&h0), None).unwrap();
+            let want = loss_from_sequences(&m, &seqs, &batch.xs, &h0);
+            assert!(
+                (loss - want).abs() <= 1e-12 * want.abs(),
+                "{mode:?} {task:?}: loss {loss} vs {want} from the sequences"
+            );
+            for window in [None, Some(2)] {
+                check_fd(
+                    &m,
+                    &batch,
+                    &h0,
+                    &format!("{mode:?} {task:?} weighted"),
+                    window,
+                );
+            }
         }
     }
 }

@@ -72,6 +72,126 @@ fn pytorch_three_layers_no_prefix_no_head() {
     }
 }
 
+/// The benchmark-shape fixtures (I = 64, H = 256, B = 64, T = 100, ragged
+/// lengths, one layer): B = 64 > 4 rows, so the fused forward multiplies
+/// through the packed AVX-512 kernel where the CPU has AVX-512F and through
+/// the gemm crate elsewhere (and in both cases through the gemm crate at the
+/// last steps, where ≤ 4 rows are still running). The data files hold the
+/// outputs at every 10th step and the final states (see make_fixtures.py).
+/// Returns the largest differences (outputs, final states) for the log.
+fn check_h256_fixture(model: &GruModel, data: &str) -> (f64, f64) {
+    let d = load_data(data);
+    let lens = lengths(&d);
+    assert_eq!(d["x"].dims(), &[64, 100, 64]);
+    assert!(lens.contains(&1) && lens.contains(&100), "{lens:?}");
+    let (ys, h_n) = model.forward(&d["x"], &lens, Some(&d["h0"])).unwrap();
+    let steps: Vec<u32> = d["steps"]
+        .to_vec1::<i64>()
+        .unwrap()
+        .into_iter()
+        .map(|s| s as u32)
+        .collect();
+    let idx = Tensor::new(steps.as_slice(), &Device::Cpu).unwrap();
+    let at_steps = ys.index_select(&idx, 1).unwrap();
+    let want = &d["y_hidden_at_steps"];
+    assert_close(
+        &format!("{data} outputs at steps {steps:?}"),
+        &at_steps,
+        want,
+        TOL,
+    );
+    assert_close(&format!("{data} final state"), &h_n, &d["h_n"], TOL);
+    // One layer: each row's output at its own last step is its final state.
+    let last: Vec<Tensor> = lens
+        .iter()
+        .enumerate()
+        .map(|(b, &len)| ys.get(b).unwrap().get(len - 1).unwrap())
+        .collect();
+    let last = Tensor::stack(&last, 0).unwrap().unsqueeze(0).unwrap();
+    assert_close(
+        &format!("{data} output at the last step"),
+        &last,
+        &d["h_n"],
+        TOL,
+    );
+    let diffs = (
+        max_abs_diff(&at_steps, want).max(max_abs_diff(&last, &d["h_n"])),
+        max_abs_diff(&h_n, &d["h_n"]),
+    );
+    eprintln!(
+        "{data}: max |diff| outputs {:e}, final states {:e} (packed AVX-512 kernel: {})",
+        diffs.0,
+        diffs.1,
+        has_avx512f()
+    );
+    diffs
+}
+
+fn has_avx512f() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// after_matmul at the benchmarked shape against PyTorch 2.15 `nn.GRU`.
+#[test]
+fn pytorch_at_the_benchmark_shape() {
+    let m = import_pytorch(
+        &fixture("torch_gru_h256.safetensors"),
+        &PytorchNames::default(),
+        Task::Regression,
+        &Device::Cpu,
+    )
+    .unwrap();
+    assert_eq!(m.config().hidden_size, 256);
+    assert_eq!(m.config().reset_mode, ResetMode::AfterMatmul);
+    check_h256_fixture(&m, "torch_gru_h256.data.safetensors");
+}
+
+/// Every file in tests/fixtures/ is listed in SHA256SUMS (written by
+/// make_fixtures.py) with the hash of its bytes, and every listed file exists.
+#[test]
+fn fixtures_match_their_sha256_manifest() {
+    use sha2::{Digest, Sha256};
+    let manifest =
+        std::fs::read_to_string(fixture("SHA256SUMS")).expect("tests/fixtures/SHA256SUMS");
+    let mut listed = std::collections::BTreeMap::new();
+    for line in manifest.lines() {
+        let (hash, name) = line
+            .split_once("  ")
+            .unwrap_or_else(|| panic!("SHA256SUMS: not `HASH  NAME`: {line:?}"));
+        assert_eq!(hash.len(), 64, "SHA256SUMS: {line:?}");
+        assert!(
+            listed.insert(name.to_string(), hash.to_string()).is_none(),
+            "{name} listed twice"
+        );
+    }
+    let mut on_disk: Vec<String> = std::fs::read_dir(fixture(""))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n != "SHA256SUMS")
+        .collect();
+    on_disk.sort();
+    assert_eq!(
+        on_disk,
+        listed.keys().cloned().collect::<Vec<_>>(),
+        "files in tests/fixtures vs SHA256SUMS"
+    );
+    for (name, want) in &listed {
+        let bytes = std::fs::read(fixture(name)).unwrap();
+        let got: String = Sha256::digest(&bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(&got, want, "{name}: SHA-256 differs from SHA256SUMS");
+    }
+}
+
 #[cfg(feature = "onnx")]
 mod onnx {
     use super::*;
@@ -95,6 +215,21 @@ mod onnx {
     #[test]
     fn onnx_lbr0_is_before_matmul() {
         check("onnx_gru_lbr0", ResetMode::BeforeMatmul, 2);
+    }
+
+    /// before_matmul at the benchmarked shape against onnxruntime 1.32's GRU
+    /// (linear_before_reset = 0), itself checked against a float64 numpy SEED-GRU.
+    #[test]
+    fn onnx_lbr0_at_the_benchmark_shape() {
+        let m = import_onnx(
+            &fixture("onnx_gru_lbr0_h256.onnx"),
+            Task::Regression,
+            &Device::Cpu,
+        )
+        .unwrap();
+        assert_eq!(m.config().hidden_size, 256);
+        assert_eq!(m.config().reset_mode, ResetMode::BeforeMatmul);
+        check_h256_fixture(&m, "onnx_gru_lbr0_h256.data.safetensors");
     }
 
     #[test]
@@ -273,4 +408,58 @@ fn bad_inputs_are_refused_with_a_message() {
     assert!(err(m.forward(&xs6, &[4, 4], None)).contains("input_size is 5"));
     let bad_state = Tensor::zeros((1, 2, 7), DType::F32, &Device::Cpu).unwrap();
     assert!(err(m.forward(&xs, &[4, 4], Some(&bad_state))).contains("[2, 2, 7]"));
+}
+
+/// The shared comparison helpers fail on a NaN or an infinity anywhere, not
+/// only at the first element (candle's `max` and `f32::max` skip a NaN).
+#[test]
+fn comparison_helpers_fail_on_a_late_nan_or_infinity() {
+    use std::panic::{catch_unwind, AssertUnwindSafe};
+    let fails = |f: &dyn Fn()| catch_unwind(AssertUnwindSafe(f)).is_err();
+    let n = 64;
+    let ok = vec![0.25f32; n];
+    let t = |v: &[f32]| Tensor::from_slice(v, (8, 8), &Device::Cpu).unwrap();
+    assert_close("same", &t(&ok), &t(&ok), 0.0);
+    assert_eq!(max_abs_diff(&t(&ok), &t(&ok)), 0.0);
+    for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+        let mut v = ok.clone();
+        v[n - 1] = bad;
+        let (good, bad_t) = (t(&ok), t(&v));
+        assert!(
+            fails(&|| assert_close("got", &bad_t, &good, 1e-5)),
+            "{bad} in got"
+        );
+        assert!(
+            fails(&|| assert_close("want", &good, &bad_t, 1e-5)),
+            "{bad} in want"
+        );
+        assert!(
+            fails(&|| assert_close("both", &bad_t, &bad_t, 1e-5)),
+            "{bad} in both"
+        );
+        assert!(fails(&|| {
+            max_abs_diff(&bad_t, &good);
+        }));
+        #[cfg(feature = "grpc")]
+        {
+            assert!(
+                fails(&|| common::server::assert_close("got", &v, &ok)),
+                "{bad}"
+            );
+            assert!(
+                fails(&|| common::server::assert_close("want", &ok, &v)),
+                "{bad}"
+            );
+        }
+    }
+    // Finite values keep their tolerance: 1e-3 apart passes at 1.1e-3, not at 1e-4.
+    let mut v = ok.clone();
+    v[40] += 1e-3;
+    assert_close("at tol", &t(&v), &t(&ok), 1.1e-3);
+    assert!(fails(&|| assert_close("over tol", &t(&v), &t(&ok), 1e-4)));
+    #[cfg(feature = "grpc")]
+    {
+        common::server::assert_close("same", &ok, &ok);
+        assert!(fails(&|| common::server::assert_close("over", &v, &ok)));
+    }
 }

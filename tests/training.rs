@@ -5,7 +5,8 @@ use std::sync::atomic::AtomicBool;
 
 use candle_core::{Device, Tensor};
 use gru_serve::model::train::{
-    train, OptimizerKind, Progress, Schedule, SeqTarget, Sequence, TrainConfig,
+    make_batch, train, validate_dataset, OptimizerKind, Progress, Schedule, SeqTarget, Sequence,
+    TrainConfig,
 };
 use gru_serve::model::{GruModel, ModelConfig, ModelError, ResetMode, Task};
 use rand::{Rng, SeedableRng};
@@ -342,4 +343,75 @@ fn bad_data_is_refused_naming_sequence_and_field() {
     let e = train(&reg, &[ok()], &bad_tc, &AtomicBool::new(false), &mut quiet).unwrap_err();
     assert!(e.to_string().contains("batch_size"));
     let _ = Tensor::zeros(1, candle_core::DType::F32, &Device::Cpu);
+}
+
+/// A one-label (ClassifyLast) sequence is scored at its last step only:
+/// weights [0, 0, 1] give exactly the unweighted loss, and weights on an
+/// earlier step — which has no label — are refused with the sequence, the
+/// index and the rule, by the data check and by `train`.
+#[test]
+fn one_label_weights_count_at_the_last_step_only() {
+    let f64_ = candle_core::DType::F64;
+    let m = GruModel::init(
+        ModelConfig::new(2, 4, 1)
+            .with_head(3)
+            .with_task(Task::ClassifyLast)
+            .with_dtype(gru_serve::model::Precision::F64),
+        5,
+        &Device::Cpu,
+    )
+    .unwrap();
+    let seq = |weights: Option<Vec<f32>>| Sequence {
+        inputs: vec![0.1, -0.7, 0.4, 0.2, -0.3, 0.9],
+        target: SeqTarget::Class(2),
+        weights,
+    };
+    let loss = |s: &Sequence| {
+        let b = make_batch(&[s], 2, 3, f64_, &Device::Cpu).unwrap();
+        m.loss_and_gradients(&b, None, None).unwrap().0
+    };
+    let plain = loss(&seq(None));
+    assert_eq!(loss(&seq(Some(vec![0.0, 0.0, 1.0]))), plain);
+    // It is class 2's cross-entropy at the last step, from the forward outputs.
+    let x = Tensor::from_vec(seq(None).inputs, (1, 3, 2), &Device::Cpu)
+        .unwrap()
+        .to_dtype(f64_)
+        .unwrap();
+    let (ys, _) = m.forward(&x, &[3], None).unwrap();
+    let last = ys.get(0).unwrap().get(2).unwrap().to_vec1::<f64>().unwrap();
+    let want = last.iter().map(|v| v.exp()).sum::<f64>().ln() - last[2];
+    assert!((plain - want).abs() < 1e-12, "{plain} vs {want}");
+
+    let cfg = m.config().clone();
+    let tc = TrainConfig {
+        epochs: 1,
+        ..TrainConfig::default()
+    };
+    for (w, p) in [
+        (vec![1.0, 0.0, 0.0], 0),
+        (vec![1.0, 1.0, 1.0], 0),
+        (vec![0.0, 0.5, 1.0], 1),
+    ] {
+        let data = vec![seq(None), seq(Some(w.clone()))];
+        let e = validate_dataset(&data, &cfg, 100).unwrap_err();
+        assert!(matches!(e, ModelError::Input(_)), "{e:?}");
+        let e = e.to_string();
+        assert!(
+            e.contains("sequence 1")
+                && e.contains(&format!("weights[{p}]"))
+                && e.contains("last step"),
+            "{w:?}: {e}"
+        );
+        let e = train(&m, &data, &tc, &AtomicBool::new(false), &mut quiet)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("sequence 1") && e.contains("last step"), "{e}");
+    }
+    // Zero weights before the last step are fine, and so is a zero last weight.
+    validate_dataset(
+        &[seq(Some(vec![0.0, 0.0, 3.0])), seq(Some(vec![0.0; 3]))],
+        &cfg,
+        100,
+    )
+    .unwrap();
 }

@@ -3,7 +3,10 @@
 
 Command (from the repository root, venv made from scripts/reference/requirements.txt):
 
-    .venv/bin/python scripts/reference/make_fixtures.py
+    .venv/bin/python scripts/reference/make_fixtures.py [NAME ...]
+
+With NAMEs, only those fixture groups are (re)written (see --help); SHA256SUMS is always
+rewritten over every file in tests/fixtures/.
 
 Deterministic: every fixture draws from its own numpy Generator with a fixed seed
 (weights, inputs, initial states, lengths are all numpy-generated, so the files do not
@@ -82,6 +85,35 @@ onnx_gru_layout1.onnx (+ onnx_gru_layout1.data.safetensors: x, lengths, h0, y_hi
     transposed) in onnxruntime. The script still tries layout=1 first, uses it as an
     extra check if a future onnxruntime accepts it, and prints an EXPECTED_FROM line.
     Also checked against PyTorch nn.GRU (same mapping as lbr1).
+Benchmark-shape fixtures (I=64, H=256, B=64, T=100, ONE layer, no head)
+----------------------------------------------------------------------
+The shape the benchmarks and the packed AVX-512 kernel (src/model/packed.rs, used above
+4 rows) run at. Weights uniform(-0.2, 0.2) (the +-0.6 of the small fixtures would
+saturate every gate at H=256; 0.2 keeps gate pre-activations O(1)), x uniform(-1, 1),
+h0 uniform(-0.8, 0.8). lengths: unsorted, in 1..=100, with a 100 (row 0) and a 1 (row 1).
+To keep the committed files small (< 3 MB each) the data files do not hold every output:
+  steps               [S]        int64, the stored time steps: 9, 19, ..., 99 (every 10th)
+  y_hidden_at_steps   [B, S, H]  top-layer hidden at those steps (0 where step >= length)
+  h_n                 [1, B, H]  the state at each row's own last step; with one layer it is
+                                 also the output at step lengths[b]-1 (checked)
+plus x, lengths, h0 as above.
+torch_gru_h256.safetensors (+ torch_gru_h256.data.safetensors)
+    after_matmul. state_dict of a bare nn.GRU(64, 256, batch_first=True), no key prefix.
+    Expected data from PyTorch (packed sequence, float32); checked against running each
+    sequence separately and against the same module in float64.
+onnx_gru_lbr0_h256.onnx (+ onnx_gru_lbr0_h256.data.safetensors)
+    before_matmul. One GRU node, linear_before_reset=0, layout=0 explicit, X [seq,batch,64]
+    with symbolic dims, outputs its Y [seq,1,batch,256] and Y_h. Expected data from
+    onnxruntime; checked against the float64 numpy SEED-GRU and checked to differ by
+    > 1e-2 from PyTorch (after_matmul) on the same weights.
+
+SHA256SUMS
+    `sha256sum` format (hex, two spaces, file name), one line per file in tests/fixtures/,
+    written last by every run; tests/model_parity.rs checks every fixture against it.
+    PyTorch's float32 results can differ in the last bit between CPUs, so a run on another
+    machine may rewrite a data file and its hash: commit both together, or regenerate
+    only what you changed (`make_fixtures.py NAME ...`, names listed by `--help`).
+
 onnx_gru_bad_bidirectional.onnx
     One GRU node with direction="bidirectional" (W [2,3H,I], R [2,3H,H], B [2,6H],
     initial_h [2,B,H]). Valid ONNX; the importer must refuse it. No data file.
@@ -90,6 +122,8 @@ onnx_gru_bad_op.onnx
     importer must refuse it. No data file.
 """
 
+import argparse
+import hashlib
 import os
 import sys
 
@@ -572,20 +606,128 @@ def fixture_onnx_bad():
     check_true("GRU+Relu model runs in ORT", Y.shape == (3, 1, 2, H) and Y.min() >= 0, str(Y.shape))
 
 
+# ----------------------------------------------------------------------------------------
+# Benchmark-shape fixtures
+# ----------------------------------------------------------------------------------------
+BIG_I, BIG_H, BIG_B, BIG_T = 64, 256, 64, 100
+BIG_LIM = 0.2
+BIG_STEPS = list(range(9, BIG_T, 10))
+BIG_FILES = ("torch_gru_h256.safetensors", "torch_gru_h256.data.safetensors",
+             "onnx_gru_lbr0_h256.onnx", "onnx_gru_lbr0_h256.data.safetensors")
+
+
+def big_inputs(rng):
+    lengths = [int(n) for n in rng.integers(1, BIG_T + 1, size=BIG_B)]
+    lengths[0], lengths[1] = BIG_T, 1
+    x = make_x(rng, BIG_B, BIG_T, BIG_I, lengths)
+    h0 = u(rng, (1, BIG_B, BIG_H), 0.8)
+    return x, lengths, h0
+
+
+def big_data(x, lengths, h0, y_hidden, h_n):
+    """The stored subset; checks the one-layer identity h_n == output at the last step."""
+    B = len(lengths)
+    check("h_n == y_hidden[b, len-1]", h_n[0], y_hidden[np.arange(B), np.array(lengths) - 1], 0.0)
+    check_padding_zero("y_hidden", y_hidden, lengths)
+    return dict(x=x, lengths=np.array(lengths, np.int64), h0=h0,
+                steps=np.array(BIG_STEPS, np.int64),
+                y_hidden_at_steps=np.ascontiguousarray(y_hidden[:, BIG_STEPS]), h_n=h_n)
+
+
+def fixture_torch_h256():
+    print("torch_gru_h256")
+    rng = np.random.default_rng(1006)
+    gru = nn.GRU(BIG_I, BIG_H, num_layers=1, batch_first=True).eval()
+    randomize_(gru, rng, BIG_LIM)
+    x, lengths, h0 = big_inputs(rng)
+    y_hidden, h_n = torch_run_packed(gru, x, lengths, h0)
+    y_hidden2, h_n2 = torch_run_each(gru, x, lengths, h0)
+    check("packed vs per-sequence y_hidden", y_hidden, y_hidden2)
+    check("packed vs per-sequence h_n", h_n, h_n2)
+    g64 = nn.GRU(BIG_I, BIG_H, num_layers=1, batch_first=True).double().eval()
+    g64.load_state_dict({k: v.double() for k, v in gru.state_dict().items()})
+    packed = pack_padded_sequence(torch.from_numpy(x).double(), torch.tensor(lengths, dtype=torch.int64),
+                                  batch_first=True, enforce_sorted=False)
+    with torch.no_grad():
+        out64, hn64 = g64(packed, torch.from_numpy(h0).double())
+    out64, _ = pad_packed_sequence(out64, batch_first=True, total_length=BIG_T)
+    check("float32 vs float64 PyTorch y_hidden", y_hidden, out64.numpy())
+    check("float32 vs float64 PyTorch h_n", h_n, hn64.numpy())
+    path = os.path.join(OUT, "torch_gru_h256.safetensors")
+    save_torch(gru.state_dict(), path)
+    os.chmod(path, 0o644)
+    print(f"  wrote torch_gru_h256.safetensors ({os.path.getsize(path)} B)")
+    save_data("torch_gru_h256.data.safetensors", big_data(x, lengths, h0, y_hidden, h_n))
+
+
+def fixture_onnx_lbr0_h256():
+    print("onnx_gru_lbr0_h256")
+    rng = np.random.default_rng(1007)
+    W, R, Bb = (u(rng, (1, 3 * BIG_H, BIG_I), BIG_LIM), u(rng, (1, 3 * BIG_H, BIG_H), BIG_LIM),
+                u(rng, (1, 6 * BIG_H), BIG_LIM))
+    x, lengths, h0 = big_inputs(rng)
+    model = layout0_single(W, R, Bb, BIG_I, BIG_H, 0)
+    onnx.save(model, os.path.join(OUT, "onnx_gru_lbr0_h256.onnx"))
+    os.chmod(os.path.join(OUT, "onnx_gru_lbr0_h256.onnx"), 0o644)
+    print(f"  wrote onnx_gru_lbr0_h256.onnx ({os.path.getsize(os.path.join(OUT, 'onnx_gru_lbr0_h256.onnx'))} B)")
+    Y, Yh = ort_session(model).run(None, {"X": np.ascontiguousarray(x.transpose(1, 0, 2)),
+                                          "sequence_lens": np.array(lengths, np.int32), "initial_h": h0})
+    y_hidden = np.ascontiguousarray(Y[:, 0].transpose(1, 0, 2))
+    h_n = Yh
+    np_hidden, np_hn, _ = seed_gru_numpy([(W, R, Bb)], x, lengths, h0)
+    check("SEED numpy vs ORT LBR=0 y_hidden", np_hidden, y_hidden)
+    check("SEED numpy vs ORT LBR=0 h_n", np_hn, h_n)
+    t_hidden, _, _ = torch_from_onnx_lbr1([(W, R, Bb)], x, lengths, h0)
+    diff = float(np.max(np.abs(t_hidden - y_hidden)))
+    check_true("LBR=0 vs after_matmul (PyTorch) differ by > 1e-2", diff > 1e-2, f"(max|diff| = {diff:.3e})")
+    save_data("onnx_gru_lbr0_h256.data.safetensors", big_data(x, lengths, h0, y_hidden, h_n))
+
+
+def write_manifest():
+    names = sorted(f for f in os.listdir(OUT) if f != "SHA256SUMS")
+    lines = []
+    for f in names:
+        with open(os.path.join(OUT, f), "rb") as fh:
+            lines.append(f"{hashlib.sha256(fh.read()).hexdigest()}  {f}\n")
+    path = os.path.join(OUT, "SHA256SUMS")
+    with open(path, "w") as fh:
+        fh.writelines(lines)
+    os.chmod(path, 0o644)
+    print(f"wrote SHA256SUMS ({len(lines)} files)")
+
+
+GROUPS = {
+    "torch_gru_l2": fixture_torch_l2,
+    "torch_gru_l3_nohead": fixture_torch_l3_nohead,
+    "onnx_gru_lbr": fixtures_onnx_lbr,
+    "onnx_gru_layout1": fixture_onnx_layout1,
+    "onnx_gru_bad": fixture_onnx_bad,
+    "torch_gru_h256": fixture_torch_h256,
+    "onnx_gru_lbr0_h256": fixture_onnx_lbr0_h256,
+}
+
+
 def main():
+    ap = argparse.ArgumentParser(description="Write tests/fixtures/ (all groups by default) and SHA256SUMS.")
+    ap.add_argument("names", nargs="*", metavar="NAME",
+                    help=f"fixture groups to write: {', '.join(GROUPS)}")
+    args = ap.parse_args()
+    unknown = [n for n in args.names if n not in GROUPS]
+    if unknown:
+        ap.error(f"unknown fixture group(s) {unknown}; known: {', '.join(GROUPS)}")
     os.makedirs(OUT, exist_ok=True)
     print(f"torch {torch.__version__}, onnxruntime {ort.__version__}, onnx {onnx.__version__}, "
           f"numpy {np.__version__}; opset {OPSET}, ir_version {IR_VERSION}; writing to {OUT}")
-    fixture_torch_l2()
-    fixture_torch_l3_nohead()
-    fixtures_onnx_lbr()
-    fixture_onnx_layout1()
-    fixture_onnx_bad()
-    big = [f for f in os.listdir(OUT) if os.path.getsize(os.path.join(OUT, f)) >= 100_000]
-    check_true("all fixture files < 100 KB", not big, str(big))
+    for name in args.names or GROUPS:
+        GROUPS[name]()
+    sizes = {f: os.path.getsize(os.path.join(OUT, f)) for f in os.listdir(OUT)}
+    big = [f for f, n in sizes.items() if n >= 100_000 and f not in BIG_FILES]
+    check_true("all fixture files < 100 KB (benchmark-shape ones < 3 MB)",
+               not big and all(sizes.get(f, 0) < 3_000_000 for f in BIG_FILES), str(big))
     if FAILURES:
         print(f"\nFAILED checks ({len(FAILURES)}): {FAILURES}", file=sys.stderr)
         sys.exit(1)
+    write_manifest()
     print("\nall checks passed")
 
 

@@ -907,6 +907,39 @@ mod tests {
         );
     }
 
+    /// Fails unless every element is finite and within `tol`, element by
+    /// element (`!(d <= tol)`): a max over the diffs would skip a NaN.
+    fn assert_all_close(what: &str, got: &[f32], want: &[f32], tol: f32) {
+        assert_eq!(got.len(), want.len(), "{what}: lengths differ");
+        for (k, (a, b)) in got.iter().zip(want).enumerate() {
+            let d = (a - b).abs();
+            if !(a.is_finite() && b.is_finite() && d <= tol) {
+                panic!(
+                    "{what}: element {k}: {a:e} vs {b:e} (|diff| {d:e} > {tol:e} or not finite)"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_comparison_fails_on_a_late_nan_or_an_infinity() {
+        let ok = vec![0.5f32; 64];
+        assert_all_close("same", &ok, &ok, 0.0);
+        for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            for (x, y) in [(bad, 0.5), (0.5, bad), (bad, bad)] {
+                let (mut got, mut want) = (ok.clone(), ok.clone());
+                got[63] = x;
+                want[63] = y;
+                let r = std::panic::catch_unwind(|| assert_all_close("late", &got, &want, 1e-6));
+                assert!(r.is_err(), "{x} vs {y} at the last index passed");
+            }
+        }
+        // And an ordinary difference over the tolerance.
+        let mut got = ok.clone();
+        got[40] += 1e-3;
+        assert!(std::panic::catch_unwind(|| assert_all_close("diff", &got, &ok, 1e-4)).is_err());
+    }
+
     /// The rows split over helper threads give what one thread gives: outputs,
     /// final states and the BPTT cache, both modes, variable lengths.
     #[test]
@@ -949,12 +982,12 @@ mod tests {
             for threads in [2, 3] {
                 let many = run(threads);
                 for (k, (a, b)) in one.iter().zip(&many).enumerate() {
-                    let d = a
-                        .iter()
-                        .zip(b)
-                        .map(|(x, y)| (x - y).abs())
-                        .fold(0f32, f32::max);
-                    assert!(d <= 1e-6, "{mode:?}, {threads} threads, output {k}: {d}");
+                    assert_all_close(
+                        &format!("{mode:?}, {threads} threads, output {k}"),
+                        a,
+                        b,
+                        1e-6,
+                    );
                 }
             }
         }

@@ -38,6 +38,7 @@ pub struct Sequence {
     pub inputs: Vec<f32>,
     pub target: SeqTarget,
     /// Optional per-step loss weights (`len` values ≥ 0); zero = no target at that step.
+    /// With [`SeqTarget::Class`] only the last step may be non-zero.
     pub weights: Option<Vec<f32>>,
 }
 
@@ -122,12 +123,28 @@ pub fn validate_dataset(
             if let Some(p) = w.iter().position(|v| !v.is_finite() || *v < 0.0) {
                 return bad(format!("weights[{p}] = {} must be finite and ≥ 0", w[p]));
             }
+            // One label is scored at the last step only: a weight before it
+            // would score a step that has no label.
+            if matches!(s.target, SeqTarget::Class(_)) {
+                if let Some(p) = w[..len - 1].iter().position(|v| *v != 0.0) {
+                    return bad(format!(
+                        "weights[{p}] = {} is before the last step ({}): a sequence with one label \
+                         (TASK_CLASSIFY_LAST) is scored at its last step only, so its weights \
+                         must be 0 at every earlier step",
+                        w[p],
+                        len - 1
+                    ));
+                }
+            }
         }
     }
     Ok(())
 }
 
 /// Builds a padded batch from sequences (inputs zero-padded to the longest).
+/// A one-label sequence is weighted at its last step only (its own weight
+/// there, 1 without weights): the other steps have no label (the label
+/// tensor holds 0 there), and [`validate_dataset`] refuses weights on them.
 pub fn make_batch(
     seqs: &[&Sequence],
     input_size: usize,
@@ -146,8 +163,8 @@ pub fn make_batch(
         let len = lengths[r];
         for t in 0..len {
             w[r * t_max + t] = match (&s.weights, &s.target) {
+                (_, SeqTarget::Class(_)) if t + 1 < len => 0.0,
                 (Some(ws), _) => ws[t],
-                (None, SeqTarget::Class(_)) => (t + 1 == len) as u8 as f32,
                 (None, _) => 1.0,
             };
         }
@@ -764,4 +781,49 @@ pub fn train(
         best_val_loss,
         stopped_early,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::bptt::loss_and_grad;
+
+    fn one_label(weights: Option<Vec<f32>>) -> Sequence {
+        Sequence {
+            inputs: vec![0.1, -0.2, 0.3],
+            target: SeqTarget::Class(2),
+            weights,
+        }
+    }
+
+    /// A one-label sequence has no label before its last step (the label
+    /// tensor holds 0 there): whatever weights `make_batch` is handed, the loss
+    /// must not move with class 0's logit at those steps.
+    #[test]
+    fn a_one_label_loss_ignores_the_logits_of_unlabeled_steps() {
+        let seqs = [
+            one_label(None),
+            one_label(Some(vec![0.0, 0.0, 1.0])),
+            one_label(Some(vec![1.0, 1.0, 1.0])),
+        ];
+        let refs: Vec<&Sequence> = seqs.iter().collect();
+        let b = make_batch(&refs, 1, 3, DType::F64, &Device::Cpu).unwrap();
+        // Logits [B = 3, T = 3, O = 3]: class 0's at steps 0 and 1 is `v`;
+        // the last step's are (0, 0, 0.5) for every row.
+        let logits = |v: f64| {
+            let mut y = vec![0f64; 27];
+            for r in 0..3 {
+                y[(r * 3) * 3] = v;
+                y[(r * 3 + 1) * 3] = v;
+                y[(r * 3 + 2) * 3 + 2] = 0.5;
+            }
+            Tensor::from_vec(y, (3, 3, 3), &Device::Cpu).unwrap()
+        };
+        let (low, _) = loss_and_grad(&logits(-5.0), &b.target, &b.weights).unwrap();
+        let (high, _) = loss_and_grad(&logits(5.0), &b.target, &b.weights).unwrap();
+        assert_eq!(low, high, "the loss depends on unlabeled steps' logits");
+        // And it is class 2's cross-entropy at the last step.
+        let want = (2.0 + 0.5f64.exp()).ln() - 0.5;
+        assert!((low - want).abs() < 1e-12, "{low} vs {want}");
+    }
 }

@@ -28,24 +28,46 @@ pub fn lengths(data: &HashMap<String, Tensor>) -> Vec<usize> {
         .collect()
 }
 
-/// Largest absolute difference between two tensors of the same shape.
-pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
-    assert_eq!(a.dims(), b.dims(), "shapes differ");
-    (a.to_dtype(DType::F64).unwrap() - b.to_dtype(DType::F64).unwrap())
-        .unwrap()
-        .abs()
+fn values_f64(t: &Tensor) -> Vec<f64> {
+    t.to_dtype(DType::F64)
         .unwrap()
         .flatten_all()
         .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f64>()
+        .to_vec1::<f64>()
         .unwrap()
 }
 
+/// Largest absolute difference between two tensors of the same shape,
+/// element by element. Panics if either holds a NaN or an infinity anywhere:
+/// a max over a NaN would otherwise skip it (candle's `max` and `f64::max` both do).
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
+    assert_eq!(a.dims(), b.dims(), "shapes differ");
+    let (a, b) = (values_f64(a), values_f64(b));
+    let mut worst = 0f64;
+    for (k, (x, y)) in a.iter().zip(&b).enumerate() {
+        assert!(
+            x.is_finite() && y.is_finite(),
+            "element {k} is not finite: {x} vs {y}"
+        );
+        worst = worst.max((x - y).abs());
+    }
+    worst
+}
+
+/// Fails unless every element of `got` is finite and within `tol` of `want`'s,
+/// naming the first element that is not (`!(d <= tol)`, so a NaN fails too).
 pub fn assert_close(what: &str, got: &Tensor, want: &Tensor, tol: f64) {
-    let d = max_abs_diff(got, want);
-    assert!(d <= tol, "{what}: max |diff| = {d:e} > {tol:e}");
+    assert_eq!(got.dims(), want.dims(), "{what}: shapes differ");
+    let (g, w) = (values_f64(got), values_f64(want));
+    for (k, (x, y)) in g.iter().zip(&w).enumerate() {
+        let d = (x - y).abs();
+        if !(x.is_finite() && y.is_finite() && d <= tol) {
+            panic!(
+                "{what}: element {k} of {:?}: got {x:e}, want {y:e} (|diff| {d:e} > {tol:e} or not finite)",
+                got.dims()
+            );
+        }
+    }
 }
 
 /// Deterministic pseudo-random tensor in [-scale, scale).

@@ -202,12 +202,15 @@ pub fn small_repo() -> TempDir {
 
 pub fn assert_close(what: &str, got: &[f32], want: &[f32]) {
     assert_eq!(got.len(), want.len(), "{what}: lengths differ");
-    let d = got
-        .iter()
-        .zip(want)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0f32, f32::max);
-    assert!(d <= TOL, "{what}: max |diff| = {d:e} > {TOL:e}");
+    // Element by element: a max over the diffs would skip a NaN.
+    for (k, (a, b)) in got.iter().zip(want).enumerate() {
+        let d = (a - b).abs();
+        if !(a.is_finite() && b.is_finite() && d <= TOL) {
+            panic!(
+                "{what}: element {k}: got {a:e}, want {b:e} (|diff| {d:e} > {TOL:e} or not finite)"
+            );
+        }
+    }
 }
 
 /// GetModel for the latest version of `name`.
