@@ -160,6 +160,23 @@ struct Args {
     /// --train: epochs asked for (enough to outlast the run; the job is cancelled at the end).
     #[arg(long, default_value_t = 10_000)]
     train_epochs: usize,
+    /// Open this many more sessions before the run and leave them idle. The
+    /// in-process server's session cap is then exactly --sessions + this.
+    #[arg(long, default_value_t = 0)]
+    idle_sessions: usize,
+    /// During warm-up and measurement, try to open this many sessions per
+    /// second (past a full cap each is refused with RESOURCE_EXHAUSTED).
+    #[arg(long, default_value_t = 0.0)]
+    open_rate: f64,
+}
+
+/// What the --open-rate load got back.
+#[derive(Debug, Default, Serialize)]
+struct OpenLoad {
+    attempted: u64,
+    opened: u64,
+    refused: u64,
+    other_errors: u64,
 }
 
 // ---------------------------------------------------------------- results
@@ -213,6 +230,8 @@ struct Results {
     first_error: Option<String>,
     /// Set with --train: the training job that ran beside the measurement.
     training: Option<TrainingReport>,
+    /// Set with --open-rate.
+    opens: Option<OpenLoad>,
 }
 
 /// A training job's state and progress at one moment.
@@ -374,7 +393,10 @@ impl InProcess {
         let mut config = gru_serve::server::ServerConfig::default();
         config.engine.model_dir = dir.path().to_path_buf();
         config.engine.max_batch = args.max_batch;
-        config.engine.max_sessions = args.sessions.max(1) * 2 + 16;
+        config.engine.max_sessions = match args.idle_sessions {
+            0 => args.sessions.max(1) * 2 + 16,
+            idle => args.sessions + idle,
+        };
         config.engine.training = gru_serve::engine::TrainingConfig {
             threads_per_job: args.train_threads.max(1),
             nice: args.train_nice,
@@ -665,6 +687,27 @@ async fn drive(
         ids[s] = id;
     }
 
+    // --idle-sessions: opened by 64 tasks at once, then left alone.
+    let mut idle = tokio::task::JoinSet::new();
+    for t in 0..64.min(args.idle_sessions) {
+        let mut c = client(chans[t % connections].clone());
+        let (model, n) = (args.model.clone(), (args.idle_sessions + 63 - t) / 64);
+        idle.spawn(async move {
+            for _ in 0..n {
+                c.open_session(pb::OpenSessionRequest {
+                    model: model.clone(),
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| format!("OpenSession (idle): {e}"))?;
+            }
+            Ok::<_, String>(())
+        });
+    }
+    while let Some(r) = idle.join_next().await {
+        r??;
+    }
+
     // --train: a job on the same server, running before the warm-up starts.
     let mut job = match args.train {
         true => Some(TrainJob::start(args, url).await?),
@@ -698,6 +741,33 @@ async fn drive(
             run_stream(c, sess, k, cols, inputs, window, out_cols).await
         });
     }
+
+    // --open-rate: paced OpenSession calls over the warm-up and the measurement.
+    let opener = (args.open_rate > 0.0).then(|| {
+        let mut c = client(chans[0].clone());
+        let (model, every) = (args.model.clone(), Duration::from_secs_f64(1.0 / args.open_rate));
+        tokio::spawn(async move {
+            let mut load = OpenLoad::default();
+            let mut tick = tokio::time::interval_at(start.into(), every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            while Instant::now() < window.end {
+                tick.tick().await;
+                load.attempted += 1;
+                let r = c
+                    .open_session(pb::OpenSessionRequest {
+                        model: model.clone(),
+                        ..Default::default()
+                    })
+                    .await;
+                match r {
+                    Ok(_) => load.opened += 1,
+                    Err(s) if s.code() == tonic::Code::ResourceExhausted => load.refused += 1,
+                    Err(_) => load.other_errors += 1,
+                }
+            }
+            load
+        })
+    });
 
     // Snapshot the server's batch stats and the threads' CPU time at the window's edges.
     // The training job's state too (its RPCs go over a connection of its own).
@@ -737,6 +807,10 @@ async fn drive(
         }
     }
     let (hists, cpu0, cpu1, cpu_secs, job_snaps) = snap.await?;
+    let opens = match opener {
+        Some(t) => Some(t.await?),
+        None => None,
+    };
     let training = match job.take() {
         Some(j) => Some(j.finish(job_snaps, args.duration_secs).await),
         None => None,
@@ -789,6 +863,7 @@ async fn drive(
             .unwrap_or_default(),
         first_error: all.first_error,
         training,
+        opens,
     })
 }
 
@@ -1291,6 +1366,12 @@ fn print_results(r: &Results) {
         .map(|t| format!("{} ×{}: {:.2}", t.group, t.threads, t.cores))
         .collect();
     println!("CPU (cores busy, this process): {}", cpu.join(", "));
+    if let Some(o) = &r.opens {
+        println!(
+            "OpenSession load ({} idle sessions held): {} attempted, {} opened, {} refused (RESOURCE_EXHAUSTED), {} other errors",
+            a.idle_sessions, o.attempted, o.opened, o.refused, o.other_errors
+        );
+    }
     if let Some(t) = &r.training {
         println!(
             "training job {} ({} × H {} → 1, {} sequences of ~{:.0} steps, batch {}; threads {}, nice {}): {}",
