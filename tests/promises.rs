@@ -1,0 +1,192 @@
+#![cfg(feature = "grpc")]
+//! README promises about limits and connections, each against the real
+//! server on 127.0.0.1:0.
+//!
+//! Where the expectations come from: README's "Errors" paragraph
+//! (RESOURCE_EXHAUSTED for full queues and the stream cap; INVALID_ARGUMENT
+//! for limits, the message naming the values), its configuration table
+//! (`--queue-capacity`, `--max-streams`, `--max-predict-sequences`,
+//! `--max-predict-steps`, `--request-timeout-secs`,
+//! `--max-streams-per-connection`, `--http2-keepalive-secs` /
+//! `--http2-keepalive-timeout-secs`: "an unanswered one closes the
+//! connection"), "Model repository" ("a broken one is retried only once its
+//! files change") and "Training over gRPC" ("the same request gives the same
+//! weights bit for bit"). Waits are polls or reads bounded by `WAIT`.
+
+use std::time::Duration;
+
+use gru_serve::service::pb;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Code;
+
+mod common;
+use common::server::*;
+
+/// The small model of `small_repo`: I = 3 inputs, head O = 2.
+const I: usize = 3;
+
+fn step_req(session: &str, inputs: Vec<f32>, request_id: u64) -> pb::StepRequest {
+    pb::StepRequest {
+        session_id: session.into(),
+        inputs: Some(matrix(inputs.len() / I, I, inputs)),
+        request_id,
+        ..Default::default()
+    }
+}
+
+async fn serving(config: gru_serve::server::ServerConfig) -> TestServer {
+    let s = TestServer::start(config).await;
+    s.wait_serving().await;
+    s
+}
+
+// ---------------------------------------------------------------- queue and stream caps
+
+/// `--queue-capacity`: with room for 2 pending messages, messages that arrive
+/// while the worker runs a long one (and 2 already wait) are refused with
+/// RESOURCE_EXHAUSTED naming the model and the limit, as per-message stream
+/// errors; a refused message does not advance its session, and the worker
+/// serves again once the queue drains.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_worker_queue_is_resource_exhausted() {
+    const CAPACITY: usize = 2;
+    const BURST: usize = 16;
+    let repo = small_repo();
+    let mut config = config_for(repo.path());
+    config.engine.queue_capacity = CAPACITY;
+    // One message per batch: the worker holds at most 2 taken from the queue.
+    config.engine.max_batch = 1;
+    let server = serving(config).await;
+    let mut c = server.client();
+    let gate = open_latest(&mut c, "m").await.session_id;
+    let s = open_latest(&mut c, "m").await.session_id;
+    let (tx, rx) = mpsc::channel(64);
+    let mut replies = c
+        .step_stream(ReceiverStream::new(rx))
+        .await
+        .expect("open step stream")
+        .into_inner();
+    let (mut accepted, mut refused) = (0u64, 0u64);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while refused == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no message was refused with {CAPACITY} queue places: the queue is not bounded"
+        );
+        // A long message keeps the worker busy while the burst arrives.
+        tx.send(step_req(&gate, rand_vec(2048 * I, 1), 0))
+            .await
+            .unwrap();
+        for n in 1..=BURST {
+            tx.send(step_req(&s, rand_vec(I, n as u64), n as u64))
+                .await
+                .unwrap();
+        }
+        for n in 0..=BURST {
+            let r = tokio::time::timeout(WAIT, replies.message())
+                .await
+                .expect("a stream reply in time")
+                .expect("stream reply")
+                .expect("stream ended early");
+            assert_eq!(r.request_id, n as u64, "replies in request order");
+            match r.result.expect("a result") {
+                pb::step_response::Result::Ok(ok) => {
+                    if n > 0 {
+                        assert_eq!(ok.start_step, accepted, "refused messages do not advance");
+                        accepted += 1;
+                    }
+                }
+                pb::step_response::Result::Error(e) => {
+                    assert!(n > 0, "the gate message found the queue full: {e:?}");
+                    assert_eq!(e.code, Code::ResourceExhausted as i32, "{e:?}");
+                    assert!(
+                        e.message.contains("model 'm/1'")
+                            && e.message.contains(&format!("{CAPACITY} requests queued")),
+                        "the refusal names the model and the limit: {:?}",
+                        e.message
+                    );
+                    refused += 1;
+                }
+            }
+        }
+    }
+    drop(tx);
+    assert!(accepted >= 1, "the queue took nothing");
+    let r = c
+        .step(step_req(&s, rand_vec(I, 99), 0))
+        .await
+        .expect("a step once the queue drained")
+        .into_inner();
+    match r.result {
+        Some(pb::step_response::Result::Ok(ok)) => assert_eq!(ok.start_step, accepted),
+        other => panic!("{other:?}"),
+    }
+    server.stop().await;
+}
+
+/// `--max-streams`: with a cap of 1, a second StepStream is refused with
+/// RESOURCE_EXHAUSTED while the first is open (unary Step still works), and
+/// opens once the first has ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stream_cap_is_resource_exhausted_until_a_stream_ends() {
+    let repo = small_repo();
+    let mut config = config_for(repo.path());
+    config.max_streams = 1;
+    let server = serving(config).await;
+    let mut c = server.client();
+    let id = open_latest(&mut c, "m").await.session_id;
+    let (tx, rx) = mpsc::channel(4);
+    let mut first = c
+        .step_stream(ReceiverStream::new(rx))
+        .await
+        .expect("the first stream opens")
+        .into_inner();
+    tx.send(step_req(&id, rand_vec(I, 1), 1)).await.unwrap();
+    let r = first.message().await.unwrap().expect("a reply");
+    assert!(matches!(r.result, Some(pb::step_response::Result::Ok(_))));
+
+    let (_tx2, rx2) = mpsc::channel::<pb::StepRequest>(4);
+    let refused = expect_err(
+        "a second stream over the cap",
+        c.step_stream(ReceiverStream::new(rx2)).await,
+    );
+    assert_status(
+        "a second stream",
+        &refused,
+        Code::ResourceExhausted,
+        &["too many open streams"],
+    );
+    c.step(step_req(&id, rand_vec(I, 2), 2))
+        .await
+        .expect("unary Step is not capped by the stream cap");
+
+    drop(tx);
+    let end = tokio::time::timeout(WAIT, first.message())
+        .await
+        .expect("the first stream ends in time");
+    assert!(matches!(end, Ok(None)), "{end:?}");
+    // The permit is released by the stream's own task: poll.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (tx3, rx3) = mpsc::channel(4);
+        match c.step_stream(ReceiverStream::new(rx3)).await {
+            Ok(s) => {
+                let mut s = s.into_inner();
+                tx3.send(step_req(&id, rand_vec(I, 3), 3)).await.unwrap();
+                let r = s.message().await.unwrap().expect("a reply");
+                assert!(matches!(r.result, Some(pb::step_response::Result::Ok(_))));
+                break;
+            }
+            Err(e) => {
+                assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "the ended stream's place was never freed"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+    server.stop().await;
+}
