@@ -190,3 +190,54 @@ async fn the_stream_cap_is_resource_exhausted_until_a_stream_ends() {
     }
     server.stop().await;
 }
+
+// ---------------------------------------------------------------- Predict limits
+
+fn predict_req(lens: &[usize]) -> pb::PredictRequest {
+    pb::PredictRequest {
+        model: "m".into(),
+        sequences: lens
+            .iter()
+            .enumerate()
+            .map(|(n, &len)| pb::PredictSequence {
+                inputs: Some(matrix(len, I, rand_vec(len * I, n as u64))),
+                initial_state: None,
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
+
+/// `--max-predict-sequences 2`, `--max-predict-steps 6`: a Predict at both
+/// limits is answered; one sequence or one step over is INVALID_ARGUMENT
+/// naming the count and the limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn predict_limits_refuse_with_the_count_and_the_limit() {
+    let repo = small_repo();
+    let mut config = config_for(repo.path());
+    config.engine.max_predict_sequences = 2;
+    config.engine.max_predict_steps = 6;
+    let server = serving(config).await;
+    let mut c = server.client();
+    let at_limits = c
+        .predict(predict_req(&[2, 4]))
+        .await
+        .expect("2 sequences of 6 steps in all")
+        .into_inner();
+    assert_eq!(at_limits.outputs.len(), 2);
+    let s = expect_err("3 sequences", c.predict(predict_req(&[1, 1, 1])).await);
+    assert_status(
+        "3 sequences",
+        &s,
+        Code::InvalidArgument,
+        &["sequences: 3 given", "1..=2"],
+    );
+    let s = expect_err("7 steps", c.predict(predict_req(&[3, 4])).await);
+    assert_status(
+        "7 steps",
+        &s,
+        Code::InvalidArgument,
+        &["7 steps in total", "at most 6"],
+    );
+    server.stop().await;
+}
