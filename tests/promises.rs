@@ -16,6 +16,7 @@
 use std::time::Duration;
 
 use gru_serve::service::pb;
+use gru_serve::service::pb::training_service_client::TrainingServiceClient;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
@@ -239,5 +240,53 @@ async fn predict_limits_refuse_with_the_count_and_the_limit() {
         Code::InvalidArgument,
         &["7 steps in total", "at most 6"],
     );
+    server.stop().await;
+}
+
+// ---------------------------------------------------------------- request timeout
+
+/// `--request-timeout-secs`: a call whose handler does not finish within the
+/// deadline is ended by the server. The slow call is an UploadTraining whose
+/// client never sends: deterministic, no compute. tonic ends it with
+/// CANCELLED "Timeout expired" (the README names no code). A StepStream
+/// opened before it, and so older than the deadline, still serves: the
+/// deadline covers only a stream's opening.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_past_the_request_timeout_is_ended_but_open_streams_are_not() {
+    let repo = small_repo();
+    let mut config = config_for(repo.path());
+    config.request_timeout = Some(Duration::from_millis(300));
+    let server = serving(config).await;
+    let mut c = server.client();
+    let id = open_latest(&mut c, "m").await.session_id;
+    let (tx, rx) = mpsc::channel(4);
+    let mut stream = c
+        .step_stream(ReceiverStream::new(rx))
+        .await
+        .expect("open step stream")
+        .into_inner();
+
+    let (_upload_tx, upload_rx) = mpsc::channel::<pb::TrainingUpload>(1);
+    let mut t = TrainingServiceClient::new(server.channel.clone());
+    let ended = tokio::time::timeout(WAIT, t.upload_training(ReceiverStream::new(upload_rx)))
+        .await
+        .expect("the server ends a call that outlives the request timeout");
+    let s = expect_err("a stalled upload", ended);
+    assert_status(
+        "a stalled upload",
+        &s,
+        Code::Cancelled,
+        &["Timeout expired"],
+    );
+
+    tx.send(step_req(&id, rand_vec(I, 1), 7)).await.unwrap();
+    let r = tokio::time::timeout(WAIT, stream.message())
+        .await
+        .expect("a reply in time")
+        .expect("the stream outlived the request timeout")
+        .expect("a reply");
+    assert_eq!(r.request_id, 7);
+    assert!(matches!(r.result, Some(pb::step_response::Result::Ok(_))));
+    drop(tx);
     server.stop().await;
 }
