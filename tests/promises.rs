@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use gru_serve::service::pb;
 use gru_serve::service::pb::training_service_client::TrainingServiceClient;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
@@ -288,5 +289,106 @@ async fn a_call_past_the_request_timeout_is_ended_but_open_streams_are_not() {
     assert_eq!(r.request_id, 7);
     assert!(matches!(r.result, Some(pb::step_response::Result::Ok(_))));
     drop(tx);
+    server.stop().await;
+}
+
+// ---------------------------------------------------------------- HTTP/2 settings and keepalive
+
+/// One HTTP/2 frame: (type, flags, payload).
+type Frame = (u8, u8, Vec<u8>);
+
+const SETTINGS: u8 = 0x4;
+const PING: u8 = 0x6;
+const ACK: u8 = 0x1;
+const SETTINGS_MAX_CONCURRENT_STREAMS: u16 = 0x3;
+
+fn frame(kind: u8, flags: u8, payload: &[u8]) -> Vec<u8> {
+    let n = payload.len() as u32;
+    let mut f = vec![
+        (n >> 16) as u8,
+        (n >> 8) as u8,
+        n as u8,
+        kind,
+        flags,
+        0,
+        0,
+        0,
+        0,
+    ];
+    f.extend_from_slice(payload);
+    f
+}
+
+/// The next frame, or None once the server has closed the connection.
+async fn read_frame(s: &mut tokio::net::TcpStream) -> Option<Frame> {
+    let mut head = [0u8; 9];
+    s.read_exact(&mut head).await.ok()?;
+    let n = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+    let mut payload = vec![0u8; n];
+    s.read_exact(&mut payload).await.ok()?;
+    Some((head[3], head[4], payload))
+}
+
+/// Reads frames until one satisfies `want` (bounded by WAIT).
+async fn frame_where(
+    s: &mut tokio::net::TcpStream,
+    what: &str,
+    want: impl Fn(&Frame) -> bool,
+) -> Frame {
+    let found = tokio::time::timeout(WAIT, async {
+        loop {
+            match read_frame(s).await {
+                Some(f) if want(&f) => return f,
+                Some(_) => {}
+                None => panic!("the connection closed before {what}"),
+            }
+        }
+    })
+    .await;
+    found.unwrap_or_else(|_| panic!("no {what} within {WAIT:?}"))
+}
+
+/// `--max-streams-per-connection` and the keepalive flags reach the wire,
+/// seen by a hand-written HTTP/2 client: the server's SETTINGS carry
+/// MAX_CONCURRENT_STREAMS = 7; on a quiet connection the server pings every
+/// interval (200 ms here; tonic's default is no pings); a ping answered keeps
+/// the connection, and one left unanswered closes it after the keepalive
+/// timeout (300 ms here; tonic's default of 20 s would outlast the wait).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_stream_limit_and_keepalive_reach_the_wire() {
+    let repo = small_repo();
+    let mut config = config_for(repo.path());
+    config.max_concurrent_streams_per_connection = 7;
+    config.http2_keepalive_interval = Some(Duration::from_millis(200));
+    config.http2_keepalive_timeout = Duration::from_millis(300);
+    let server = serving(config).await;
+    let mut s = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .unwrap();
+    s.write_all(&frame(SETTINGS, 0, &[])).await.unwrap();
+
+    let (_, _, settings) = frame_where(&mut s, "the server's SETTINGS", |f| {
+        f.0 == SETTINGS && f.1 & ACK == 0
+    })
+    .await;
+    let max_streams = settings
+        .chunks_exact(6)
+        .find(|p| u16::from_be_bytes([p[0], p[1]]) == SETTINGS_MAX_CONCURRENT_STREAMS)
+        .map(|p| u32::from_be_bytes([p[2], p[3], p[4], p[5]]));
+    assert_eq!(max_streams, Some(7), "SETTINGS_MAX_CONCURRENT_STREAMS");
+    s.write_all(&frame(SETTINGS, ACK, &[])).await.unwrap();
+
+    let is_ping = |f: &Frame| f.0 == PING && f.1 & ACK == 0;
+    let (_, _, data) = frame_where(&mut s, "a keepalive PING", is_ping).await;
+    s.write_all(&frame(PING, ACK, &data)).await.unwrap();
+    frame_where(&mut s, "a PING after an answered one", is_ping).await;
+    // Left unanswered: the server must close the connection.
+    let closed =
+        tokio::time::timeout(WAIT, async { while read_frame(&mut s).await.is_some() {} }).await;
+    assert!(
+        closed.is_ok(),
+        "the connection stayed open {WAIT:?} after an unanswered PING"
+    );
     server.stop().await;
 }
