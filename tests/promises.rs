@@ -13,8 +13,11 @@
 //! files change") and "Training over gRPC" ("the same request gives the same
 //! weights bit for bit"). Waits are polls or reads bounded by `WAIT`.
 
-use std::time::Duration;
+use std::path::Path;
+use std::time::{Duration, SystemTime};
 
+use gru_serve::model::weights::save_native;
+use gru_serve::model::{GruModel, ModelConfig};
 use gru_serve::service::pb;
 use gru_serve::service::pb::training_service_client::TrainingServiceClient;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -390,5 +393,119 @@ async fn http2_stream_limit_and_keepalive_reach_the_wire() {
         closed.is_ok(),
         "the connection stayed open {WAIT:?} after an unanswered PING"
     );
+    server.stop().await;
+}
+
+// ---------------------------------------------------------------- broken versions
+
+/// Newest modification time of a folder and its files (what the registry compares).
+fn newest_mtime(dir: &Path) -> SystemTime {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.metadata().unwrap().modified().unwrap())
+        .chain([std::fs::metadata(dir).unwrap().modified().unwrap()])
+        .max()
+        .unwrap()
+}
+
+fn set_mtime(path: &Path, t: SystemTime) {
+    std::fs::File::open(path).unwrap().set_modified(t).unwrap();
+}
+
+async fn versions(c: &mut Client, name: &str) -> Vec<u64> {
+    c.list_models(pb::ListModelsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .models
+        .into_iter()
+        .find(|m| m.name == name)
+        .map(|m| m.versions)
+        .unwrap_or_default()
+}
+
+async fn wait_versions(c: &mut Client, name: &str, want: &[u64]) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let got = versions(c, name).await;
+        if got == want {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "model '{name}' serves {got:?}, not {want:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A version folder that failed to load is not retried while its files stay
+/// as they were, even once they would load; it is retried, and served, once
+/// they change. The fixed folder is swapped in whole with the broken one's
+/// modification times, so only the times tell the two apart. Rescans are
+/// observed through two probe versions: the one that serves `probe/2`
+/// started after `probe/1` was served, hence after the swap, and visited
+/// `m` before `probe`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_version_is_retried_only_once_its_files_change() {
+    let repo = small_repo();
+    let m = repo.path().join("m");
+    std::fs::create_dir_all(m.join("2")).unwrap();
+    std::fs::write(m.join("2/config.json"), b"{not json").unwrap();
+    let broken_at = newest_mtime(&m.join("2"));
+    let mut config = config_for(repo.path());
+    config.engine.model_poll = Duration::from_millis(20);
+    let server = serving(config).await;
+    let mut c = server.client();
+    assert_eq!(
+        versions(&mut c, "m").await,
+        vec![1],
+        "the broken version was served"
+    );
+
+    // A loadable version 2, staged in a dot-folder (never scanned), with
+    // every time set to the broken folder's, swapped in.
+    let staged = m.join(".fixed");
+    let model = GruModel::init(
+        ModelConfig::new(3, 8, 2).with_head(2),
+        8,
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    save_native(&model, &staged).unwrap();
+    for e in std::fs::read_dir(&staged).unwrap().flatten() {
+        set_mtime(&e.path(), broken_at);
+    }
+    set_mtime(&staged, broken_at);
+    std::fs::rename(m.join("2"), m.join(".broken")).unwrap();
+    std::fs::rename(&staged, m.join("2")).unwrap();
+    assert_eq!(
+        newest_mtime(&m.join("2")),
+        broken_at,
+        "test set-up: renaming changed the folder's time on this file system"
+    );
+
+    write_model(repo.path(), "probe", 1, ModelConfig::new(2, 4, 1), 1);
+    wait_versions(&mut c, "probe", &[1]).await;
+    write_model(repo.path(), "probe", 2, ModelConfig::new(2, 4, 1), 2);
+    wait_versions(&mut c, "probe", &[1, 2]).await;
+    assert_eq!(
+        versions(&mut c, "m").await,
+        vec![1],
+        "an unchanged failed folder was retried"
+    );
+
+    set_mtime(&m.join("2/config.json"), SystemTime::now());
+    wait_versions(&mut c, "m", &[1, 2]).await;
+    let info = c
+        .get_model(pb::GetModelRequest {
+            model: "m".into(),
+            version: 2,
+        })
+        .await
+        .expect("version 2 is served")
+        .into_inner();
+    assert_eq!(info.model.unwrap().version, 2);
     server.stop().await;
 }
