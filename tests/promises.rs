@@ -509,3 +509,92 @@ async fn a_broken_version_is_retried_only_once_its_files_change() {
     assert_eq!(info.model.unwrap().version, 2);
     server.stop().await;
 }
+
+// ---------------------------------------------------------------- training determinism
+
+/// Runs a training job to its end; returns the published version.
+async fn train(
+    t: &mut TrainingServiceClient<tonic::transport::Channel>,
+    req: pb::StartTrainingRequest,
+) -> u64 {
+    let id = t
+        .start_training(req)
+        .await
+        .expect("start training")
+        .into_inner()
+        .job_id;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let j = t
+            .get_training_job(pb::GetTrainingJobRequest { job_id: id.clone() })
+            .await
+            .unwrap()
+            .into_inner();
+        let state = pb::JobState::try_from(j.state).unwrap();
+        match state {
+            pb::JobState::Succeeded => return j.result.expect("a result").version,
+            pb::JobState::Queued | pb::JobState::Running => {}
+            other => panic!("job {id} ended {other:?}: {}", j.error),
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "job {id} did not end"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Two identical StartTraining requests (same seed) publish byte-identical
+/// weights; the same request with another seed publishes different ones (so
+/// the equality is not that of an untrained or constant model).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_training_request_publishes_the_same_weights_bit_for_bit() {
+    let repo = small_repo();
+    let server = TestServer::serving(repo.path()).await;
+    let mut t = TrainingServiceClient::new(server.channel.clone());
+    let sequences: Vec<pb::TrainingSequence> = (0..8)
+        .map(|n| {
+            let len = 4 + n % 3;
+            pb::TrainingSequence {
+                inputs: Some(matrix(len, 2, rand_vec(len * 2, 10 + n as u64))),
+                targets: Some(matrix(len, 1, rand_vec(len, 20 + n as u64))),
+                ..Default::default()
+            }
+        })
+        .collect();
+    let request = |seed: u64| pb::StartTrainingRequest {
+        model: "det".into(),
+        new_model: Some(pb::ModelSpec {
+            input_size: 2,
+            hidden_size: 4,
+            num_layers: 1,
+            output_size: 1,
+            ..Default::default()
+        }),
+        hyperparameters: Some(pb::Hyperparameters {
+            epochs: 2,
+            batch_size: 3,
+            seed,
+            ..Default::default()
+        }),
+        sequences: sequences.clone(),
+        ..Default::default()
+    };
+    let weights = |v: u64| {
+        std::fs::read(repo.path().join(format!("det/{v}/model.safetensors")))
+            .expect("published weights")
+    };
+    let a = train(&mut t, request(5)).await;
+    let b = train(&mut t, request(5)).await;
+    let other = train(&mut t, request(6)).await;
+    assert_eq!((a, b, other), (1, 2, 3));
+    assert!(
+        weights(a) == weights(b),
+        "the same request published different weights"
+    );
+    assert!(
+        weights(a) != weights(other),
+        "another seed published the same weights"
+    );
+    server.stop().await;
+}
