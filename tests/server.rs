@@ -1360,8 +1360,9 @@ async fn no_models_is_not_serving() {
         }
     };
     assert!(models.is_empty());
-    // Give the loader a moment to have set health, were it to.
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // ListModels answering means the loader has published the engine; it
+    // would set SERVING straight after that, waiting on nothing, so a Check
+    // sent once the reply is back sees it: no sleep is needed.
     for svc in ["", "gru.v1.GruService"] {
         assert_eq!(
             server.health(svc).await.unwrap(),
