@@ -24,6 +24,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
+use tonic_health::pb::health_check_response::ServingStatus;
 
 mod common;
 use common::server::*;
@@ -596,5 +597,41 @@ async fn the_same_training_request_publishes_the_same_weights_bit_for_bit() {
         weights(a) != weights(other),
         "another seed published the same weights"
     );
+    server.stop().await;
+}
+
+// ---------------------------------------------------------------- health
+
+/// Health follows what is served: on a repository with nothing loadable the
+/// server is NOT_SERVING; the `--model-poll-secs` rescan that loads the first
+/// model turns it SERVING at once (README: "NOT_SERVING until a model is
+/// loaded"), not at the next session sweep (every 30 s at the default TTL,
+/// longer than the wait here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rescan_that_loads_the_first_model_turns_health_serving() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let mut config = config_for(dir.path());
+    config.engine.model_poll = Duration::from_millis(20);
+    let server = TestServer::start(config).await;
+    let mut c = server.client();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while let Err(s) = c.list_models(pb::ListModelsRequest {}).await {
+        assert_eq!(s.code(), Code::Unavailable, "while loading: {s:?}");
+        assert!(tokio::time::Instant::now() < deadline, "never loaded");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        server.health("").await.unwrap(),
+        ServingStatus::NotServing as i32
+    );
+    write_model(
+        dir.path(),
+        "m",
+        1,
+        ModelConfig::new(3, 8, 2).with_head(2),
+        7,
+    );
+    wait_versions(&mut c, "m", &[1]).await;
+    server.wait_serving().await;
     server.stop().await;
 }
