@@ -344,12 +344,12 @@ async fn frame_where(
             match read_frame(s).await {
                 Some(f) if want(&f) => return f,
                 Some(_) => {}
-                None => panic!("the connection closed before {what}"),
+                None => panic!("the connection closed while waiting for {what}"),
             }
         }
     })
     .await;
-    found.unwrap_or_else(|_| panic!("no {what} within {WAIT:?}"))
+    found.unwrap_or_else(|_| panic!("waited {WAIT:?} for {what} in vain"))
 }
 
 /// `--max-streams-per-connection` and the keepalive flags reach the wire,
