@@ -202,10 +202,6 @@ pub async fn run_with_engine(
                     if n > 0 {
                         tracing::info!(expired = n, "expired idle sessions");
                     }
-                    if !serving && !registry.is_empty() {
-                        mark_serving(&load_health).await;
-                        serving = true;
-                    }
                 }
                 _ = rescan.tick(), if !poll.is_zero() => {
                     let reg = registry.clone();
@@ -218,6 +214,12 @@ pub async fn run_with_engine(
                         Err(e) => tracing::warn!(error = %e, "rescan task failed"),
                     }
                 }
+            }
+            // SERVING after the rescan that loads the first model; a training
+            // job's first model waits for the next sweep tick (ttl / 4, 0.1-30 s).
+            if !serving && !registry.is_empty() {
+                mark_serving(&load_health).await;
+                serving = true;
             }
         }
     });

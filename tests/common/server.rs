@@ -3,13 +3,14 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use candle_core::Device;
-use gru_serve::engine::EngineConfig;
+use gru_serve::engine::{Engine, EngineConfig};
 use gru_serve::model::weights::save_native;
 use gru_serve::model::{GruModel, ModelConfig};
-use gru_serve::server::{run, ServerConfig, ServerError};
+use gru_serve::server::{run_with_engine, ServerConfig, ServerError};
 use gru_serve::service::pb;
 use gru_serve::service::pb::gru_service_client::GruServiceClient;
 use rand::{Rng, SeedableRng};
@@ -48,6 +49,8 @@ pub struct TestServer {
     shutdown: Option<oneshot::Sender<()>>,
     handle: JoinHandle<Result<(), ServerError>>,
     pub channel: Channel,
+    /// The server's engine once its models are loaded (workers' statistics).
+    engine: Arc<OnceLock<Engine>>,
 }
 
 pub fn config_for(dir: &Path) -> ServerConfig {
@@ -78,9 +81,15 @@ impl TestServer {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = oneshot::channel::<()>();
-        let handle = tokio::spawn(run(config, listener, async {
-            rx.await.ok();
-        }));
+        let engine = Arc::new(OnceLock::new());
+        let handle = tokio::spawn(run_with_engine(
+            config,
+            listener,
+            async {
+                rx.await.ok();
+            },
+            engine.clone(),
+        ));
         let channel = endpoint(addr)
             .connect_timeout(WAIT)
             .connect()
@@ -91,7 +100,16 @@ impl TestServer {
             shutdown: Some(tx),
             handle,
             channel,
+            engine,
         }
+    }
+
+    /// The server's engine; call after [`Self::wait_serving`] (SERVING
+    /// means the models are loaded and the engine is published).
+    pub fn engine(&self) -> &Engine {
+        self.engine
+            .get()
+            .expect("the engine is published before the server says SERVING")
     }
 
     /// Starts a server on `dir` and waits until health says SERVING.
