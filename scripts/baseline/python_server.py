@@ -1,13 +1,14 @@
 #!/usr/bin/env python3
-"""The server a user would otherwise write: grpcio + PyTorch, no batching.
+"""The server a user would otherwise write: grpcio + PyTorch, with or without a micro-batcher.
 
 A plain Python gRPC server for the subset of `gru.v1.GruService` that
 `examples/loadgen.rs` uses (GetModel, OpenSession, StepStream, plus Step and
 CloseSession), backed by one `torch.nn.GRU` on the CPU. Each session's hidden
-state lives in a dict; each message's k steps run through `nn.GRU` on their
-own (batch 1) — there is NO cross-session batching, which is what a
-hand-written server does unless someone builds a batcher. It is the baseline
-gru-serve is compared with in BENCHMARKS.md ("Serving").
+state lives in a dict. In the `thread` and `aio` modes each message's k steps
+run through `nn.GRU` on their own (batch 1) — NO cross-session batching, which
+is what a hand-written server does unless someone builds a batcher. The
+`batch` mode is that batcher, kept simple: the fairer peer. It is the
+baseline gru-serve is compared with in BENCHMARKS.md ("Serving").
 
 Stubs come from proto/ through grpcio-tools: run scripts/baseline/gen_stubs.sh
 first (they are written to scripts/baseline/_gen/, not committed).
@@ -18,7 +19,7 @@ first (they are written to scripts/baseline/_gen/, not committed).
 
 Model: a randomly initialised nn.GRU(input_size, hidden_size, num_layers,
 batch_first=True), no head: each step's output is the top layer's h, as the
-in-process model of the load generator. Two server styles (`--mode`):
+in-process model of the load generator. Three server styles (`--mode`):
 
 - `thread` (default): `grpc.server(ThreadPoolExecutor(max_workers))`, the
   grpcio tutorial's server. A bidi stream holds one pool thread for its whole
@@ -26,13 +27,22 @@ in-process model of the load generator. Two server styles (`--mode`):
   PyTorch releases the GIL inside its kernels, so two streams can overlap a
   little on two cores.
 - `aio`: `grpc.aio`, one asyncio event loop; the GRU runs on the loop thread.
+- `batch`: `grpc.aio` plus an asyncio micro-batcher (`MicroBatcher`): the
+  pending steps of all sessions — whatever is waiting when the compute thread
+  is free, up to `--max-batch`, with no waiting window for a lone request, as
+  gru-serve's worker — run as one batched `nn.GRU` call on one compute
+  thread. A stream's messages are pipelined (replies in order), as gru-serve's
+  StepStream does. Same GRU, same replies and errors as the other modes
+  (scripts/baseline/check_modes.py compares two servers).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import os
+import signal
 import sys
 import threading
 import uuid
@@ -68,6 +78,8 @@ class Session:
 
 
 class GruServicer(pb_grpc.GruServiceServicer):
+    DESCRIPTION = "Python baseline (grpcio + torch.nn.GRU, no batching)"
+
     def __init__(self, name: str, gru: torch.nn.GRU):
         self.name = name
         self.gru = gru
@@ -92,7 +104,7 @@ class GruServicer(pb_grpc.GruServiceServicer):
             task=pb.TASK_REGRESSION,
             dtype="f32",
             num_parameters=sum(p.numel() for p in self.gru.parameters()),
-            description="Python baseline (grpcio + torch.nn.GRU, no batching)",
+            description=self.DESCRIPTION,
             source_format="pytorch",
         )
 
@@ -108,7 +120,8 @@ class GruServicer(pb_grpc.GruServiceServicer):
             error=pb.StepError(code=code, message=message),
         )
 
-    def _step(self, req: pb.StepRequest) -> pb.StepResponse:
+    def _parse(self, req: pb.StepRequest) -> tuple[Session, np.ndarray] | pb.StepResponse:
+        """The session and the [k, input] inputs of a step, or its error reply."""
         s = self.sessions.get(req.session_id)
         if s is None:
             return self._error(req, NOT_FOUND, f"session '{req.session_id}' not found")
@@ -121,13 +134,11 @@ class GruServicer(pb_grpc.GruServiceServicer):
                 f"inputs: expected k >= 1 rows of {self.input_size} values, "
                 f"got {k} x {cols} with {len(m.values)} values",
             )
-        x = torch.from_numpy(np.asarray(m.values, dtype=np.float32).reshape(1, k, cols))
-        with s.lock:
-            with torch.inference_mode():
-                y, h = self.gru(x, s.h)  # y: [1, k, hidden]
-            s.h = h
-            start = s.step
-            s.step += k
+        return s, np.asarray(m.values, dtype=np.float32).reshape(k, cols)
+
+    def _reply(self, req: pb.StepRequest, y: torch.Tensor, start: int) -> pb.StepResponse:
+        """The reply to one message; y is its [k, hidden] outputs."""
+        k = y.shape[0]
         return pb.StepResponse(
             session_id=req.session_id,
             request_id=req.request_id,
@@ -137,6 +148,19 @@ class GruServicer(pb_grpc.GruServiceServicer):
                 next_step=start + k,
             ),
         )
+
+    def _step(self, req: pb.StepRequest) -> pb.StepResponse:
+        p = self._parse(req)
+        if isinstance(p, pb.StepResponse):
+            return p
+        s, x = p
+        with s.lock:
+            with torch.inference_mode():
+                y, h = self.gru(torch.from_numpy(x).unsqueeze(0), s.h)  # y: [1, k, hidden]
+            s.h = h
+            start = s.step
+            s.step += x.shape[0]
+        return self._reply(req, y[0], start)
 
     # --- rpc handlers (sync) ---------------------------------------------
 
@@ -208,6 +232,160 @@ class AioGruServicer(GruServicer):
             await context.abort(grpc.StatusCode.NOT_FOUND, "session not found")
         return pb.CloseSessionResponse(step_index=s.step)
 
+class _Job:
+    __slots__ = ("session", "req", "x", "reply")
+
+    def __init__(self, session: Session, req: pb.StepRequest, x: np.ndarray, reply: asyncio.Future):
+        self.session = session
+        self.req = req
+        self.x = x  # [k, input]
+        self.reply = reply
+
+
+class MicroBatcher:
+    """Runs the pending steps of all sessions as one batched nn.GRU call.
+
+    Like gru-serve's worker: whatever is waiting when the compute thread is
+    free (up to max_batch sessions, one message per session, in arrival
+    order) becomes one batch; a lone request runs at once (no waiting window).
+    The GRU runs on one compute thread so the event loop keeps reading while
+    torch computes (torch releases the GIL in its kernels).
+    """
+
+    def __init__(self, servicer: GruServicer, max_batch: int, torch_threads: int):
+        self.servicer = servicer
+        self.max_batch = max(1, max_batch)
+        self.pending: collections.deque[_Job] = collections.deque()
+        self.wake = asyncio.Event()
+        # set_num_threads again on the compute thread: torch's thread count is
+        # set per calling thread.
+        self.pool = futures.ThreadPoolExecutor(
+            max_workers=1,
+            thread_name_prefix="gru-compute",
+            initializer=torch.set_num_threads,
+            initargs=(torch_threads,),
+        )
+        self.batches = 0
+        self.steps = 0
+
+    def submit(self, session: Session, req: pb.StepRequest, x: np.ndarray) -> asyncio.Future:
+        reply = asyncio.get_running_loop().create_future()
+        self.pending.append(_Job(session, req, x, reply))
+        self.wake.set()
+        return reply
+
+    def _take(self) -> list[_Job]:
+        """One batch: at most one job per session (a later one must see the
+        earlier one's h), the rest stay queued in order; abandoned jobs dropped."""
+        batch, seen, rest = [], set(), collections.deque()
+        while self.pending:
+            j = self.pending.popleft()
+            if j.reply.done():  # cancelled: the client has gone
+                continue
+            if len(batch) < self.max_batch and id(j.session) not in seen:
+                batch.append(j)
+            else:
+                rest.append(j)
+            seen.add(id(j.session))
+        self.pending = rest
+        return batch
+
+    def _compute(self, batch: list[_Job]) -> list[pb.StepResponse]:
+        """On the compute thread: one nn.GRU call per distinct k (the load
+        generator sends one k, so one call), h gathered and scattered by session."""
+        by_k: dict[int, list[int]] = {}
+        for i, j in enumerate(batch):
+            by_k.setdefault(j.x.shape[0], []).append(i)
+        replies: list[pb.StepResponse | None] = [None] * len(batch)
+        for k, idx in by_k.items():
+            jobs = [batch[i] for i in idx]
+            x = torch.from_numpy(np.stack([j.x for j in jobs]))  # [B, k, input]
+            h0 = torch.cat([j.session.h for j in jobs], dim=1)  # [layers, B, hidden]
+            with torch.inference_mode():
+                y, h = self.servicer.gru(x, h0)  # y: [B, k, hidden]
+            for b, (i, j) in enumerate(zip(idx, jobs)):
+                s = j.session
+                s.h = h[:, b : b + 1].clone()
+                start = s.step
+                s.step += k
+                replies[i] = self.servicer._reply(j.req, y[b], start)
+        self.batches += 1
+        self.steps += len(batch)
+        return replies
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self.wake.wait()
+            self.wake.clear()
+            while self.pending:
+                batch = self._take()
+                if not batch:
+                    continue
+                try:
+                    replies = await loop.run_in_executor(self.pool, self._compute, batch)
+                except Exception as e:  # reported to each caller as UNKNOWN
+                    for j in batch:
+                        if not j.reply.done():
+                            j.reply.set_exception(e)
+                    continue
+                for j, r in zip(batch, replies):
+                    if not j.reply.done():
+                        j.reply.set_result(r)
+
+
+class BatchGruServicer(AioGruServicer):
+    """grpc.aio handlers whose steps go through the MicroBatcher.
+
+    A stream's messages are read as they come and submitted in arrival order
+    (one session's messages apply in order); up to STREAM_MAX_IN_FLIGHT of
+    them wait for their replies at once, and the replies go back in order —
+    as gru-serve's StepStream does, so 256 sessions on 16 streams can fill a
+    batch."""
+
+    DESCRIPTION = "Python baseline (grpc.aio + torch.nn.GRU, asyncio micro-batcher)"
+    STREAM_MAX_IN_FLIGHT = 256
+
+    def __init__(self, name: str, gru: torch.nn.GRU, max_batch: int, torch_threads: int):
+        super().__init__(name, gru)
+        self.batcher = MicroBatcher(self, max_batch, torch_threads)
+
+    def _submit(self, req: pb.StepRequest) -> asyncio.Future:
+        p = self._parse(req)
+        if isinstance(p, pb.StepResponse):
+            done = asyncio.get_running_loop().create_future()
+            done.set_result(p)
+            return done
+        return self.batcher.submit(p[0], req, p[1])
+
+    async def Step(self, request, context):
+        r = await self._submit(request)
+        if r.WhichOneof("result") == "error":
+            await context.abort(_status(r.error.code), r.error.message)
+        return r
+
+    async def StepStream(self, request_iterator, context):
+        order: asyncio.Queue = asyncio.Queue()  # reply futures in arrival order; None = end
+        in_flight = asyncio.Semaphore(self.STREAM_MAX_IN_FLIGHT)
+
+        async def read() -> None:
+            try:
+                async for req in request_iterator:
+                    await in_flight.acquire()
+                    order.put_nowait(self._submit(req))
+            finally:
+                order.put_nowait(None)
+
+        reader = asyncio.create_task(read())
+        try:
+            while (reply := await order.get()) is not None:
+                r = await reply
+                in_flight.release()
+                yield r
+            await reader  # re-raises a read error
+        finally:
+            reader.cancel()
+
 
 OPTIONS = [
     ("grpc.max_receive_message_length", 64 << 20),
@@ -224,12 +402,18 @@ def main() -> None:
     ap.add_argument("--hidden-size", type=int, default=256)
     ap.add_argument("--layers", type=int, default=1)
     ap.add_argument("--torch-threads", type=int, default=1, help="torch.set_num_threads")
-    ap.add_argument("--mode", choices=["thread", "aio"], default="thread")
+    ap.add_argument("--mode", choices=["thread", "aio", "batch"], default="thread")
     ap.add_argument(
         "--max-workers",
         type=int,
         default=64,
         help="thread mode: pool size; each open stream holds one thread",
+    )
+    ap.add_argument(
+        "--max-batch",
+        type=int,
+        default=256,
+        help="batch mode: most sessions one batched step gathers (gru-serve's default)",
     )
     ap.add_argument("--seed", type=int, default=1)
     args = ap.parse_args()
@@ -254,11 +438,25 @@ def main() -> None:
 
         async def serve() -> None:
             server = grpc.aio.server(options=OPTIONS)
-            pb_grpc.add_GruServiceServicer_to_server(AioGruServicer(args.model, gru), server)
+            if args.mode == "batch":
+                servicer = BatchGruServicer(args.model, gru, args.max_batch, args.torch_threads)
+                batcher = asyncio.create_task(servicer.batcher.run())
+            else:
+                servicer, batcher = AioGruServicer(args.model, gru), None
+            pb_grpc.add_GruServiceServicer_to_server(servicer, server)
             server.add_insecure_port(addr)
             await server.start()
+            # SIGTERM stops the server cleanly (batch mode then prints its batch statistics).
+            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, lambda: asyncio.ensure_future(server.stop(0)))
             print(f"python baseline ({args.mode}, torch threads {args.torch_threads}) on {addr}", flush=True)
-            await server.wait_for_termination()
+            try:
+                await server.wait_for_termination()
+            finally:
+                if batcher is not None:
+                    batcher.cancel()
+                    b = servicer.batcher
+                    mean = b.steps / b.batches if b.batches else 0.0
+                    print(f"batches: {b.batches}, session-steps: {b.steps}, mean batch {mean:.1f}", flush=True)
 
         try:
             asyncio.run(serve())
