@@ -47,8 +47,8 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::rnn::{GRUState, RNN};
 use candle_nn::VarBuilder;
 use criterion::{BenchmarkId, Criterion, SamplingMode, Throughput};
-use gru_serve::model::forward::PARALLEL_MIN_MACS;
-use gru_serve::model::kernels;
+use gru_serve::model::cpu::gemm::PARALLEL_MIN_MACS;
+use gru_serve::model::cpu::kernels;
 use gru_serve::model::{GruModel, ModelConfig, ResetMode};
 
 const I: usize = 64;

@@ -1,19 +1,17 @@
 //! The GRU math on candle tensors: no gRPC, no tokio, no prost.
 //!
 //! - [`layer`]: one layer's parameters, the internal layout, conversions.
-//! - [`kernels`] / [`forward`]: the time loop (fused CPU kernels, or candle ops).
+//! - [`forward`]: the time loop of one layer: dispatch and the candle-op
+//!   reference; [`cpu`]: the fused CPU path (kernels, packed gemm, threads).
 //! - [`network`]: stacked layers + linear head; `step` and padded `forward`.
 //! - [`weights`]: native folder format, PyTorch state dicts, ONNX arrays.
 
 pub mod bptt;
-mod bptt_cpu;
 pub mod config;
+pub mod cpu;
 pub mod forward;
-pub mod kernels;
 pub mod layer;
 pub mod network;
-mod packed;
-mod parallel;
 pub mod train;
 pub mod weights;
 

@@ -5,8 +5,8 @@ use candle_core::{DType, Device, Tensor};
 use rand::{Rng, SeedableRng};
 
 use super::config::{ModelConfig, Precision};
-use super::forward::{layer_forward, Backend, LayerRun, YsLayout};
-use super::layer::{expect_shape, GruLayer, LayerParams};
+use super::forward::{layer_forward, Backend};
+use super::layer::{expect_shape, GruLayer, LayerParams, LayerRun, YsLayout};
 use super::ModelError;
 
 /// Linear readout: y = h · w + b, with w [H, O] (internal orientation) and b [O].
