@@ -31,10 +31,10 @@ use candle_core::{DType, Device, Tensor, D};
 use super::forward::Backend;
 
 use super::config::ResetMode;
+use super::error::ModelError;
 use super::forward::before_weights;
 use super::layer::{GruLayer, LayerParams};
 use super::network::{ForwardCache, GruModel, Head};
-use super::ModelError;
 
 /// Gradients of every trainable tensor, in the internal layout.
 #[derive(Debug, Clone)]

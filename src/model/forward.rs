@@ -18,8 +18,8 @@ use candle_core::{Device, Tensor};
 
 use super::config::ResetMode;
 use super::cpu::forward::forward_cpu;
+use super::error::ModelError;
 use super::layer::{gate_block, GruLayer, LayerRun, YsLayout};
-use super::ModelError;
 
 /// Which implementation of the math runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

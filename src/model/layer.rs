@@ -24,7 +24,7 @@ use candle_core::{DType, Device, Tensor, D};
 
 use super::config::ResetMode;
 use super::cpu::packed::LayerPacks;
-use super::ModelError;
+use super::error::ModelError;
 
 /// Parameters of one layer in the internal layout, plus derived compute tensors.
 #[derive(Debug, Clone)]

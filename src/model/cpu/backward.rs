@@ -8,8 +8,8 @@ use candle_core::{Device, Tensor};
 use super::gemm::{gemm_into, CpuView, Mat};
 use super::kernels::{self, Real};
 use crate::model::config::ResetMode;
+use crate::model::error::ModelError;
 use crate::model::layer::{GruLayer, LayerParams};
-use crate::model::ModelError;
 
 pub(crate) struct CpuBackward {
     pub grads: LayerParams,

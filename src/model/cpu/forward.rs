@@ -10,8 +10,8 @@ use super::gemm::{matmul_into, CpuView, SMALL_M};
 use super::kernels::{self, Real, Rows};
 use super::packed::{matmul_packed, LayerPacks, PackedB};
 use crate::model::config::ResetMode;
+use crate::model::error::ModelError;
 use crate::model::layer::{GruLayer, LayerRun, YsLayout};
-use crate::model::ModelError;
 
 /// dst[m, n] (row stride n) = a[m, k] · b, through the packed weights when
 /// there are some for this type and the product is not a batch-1 axpy.

@@ -6,7 +6,7 @@ use candle_core::{Storage, StorageRef, Tensor};
 use gemm::Parallelism;
 
 use super::kernels::{self, Real, Rows};
-use crate::model::ModelError;
+use crate::model::error::ModelError;
 
 /// A contiguous CPU tensor's storage, held for reading.
 pub(crate) struct CpuView<'a> {
