@@ -213,7 +213,7 @@ fn gemm_into(
     }
 }
 
-/// The thread choice the fused backend makes (`forward.rs::parallelism`).
+/// The thread choice the fused backend makes (`cpu/gemm.rs::parallelism`).
 fn ours_parallelism(m: usize, n: usize, k: usize) -> gemm::Parallelism {
     let threads = rayon::current_num_threads();
     if threads > 1 && m * n * k >= PARALLEL_MIN_MACS {
