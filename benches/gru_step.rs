@@ -47,8 +47,8 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::rnn::{GRUState, RNN};
 use candle_nn::VarBuilder;
 use criterion::{BenchmarkId, Criterion, SamplingMode, Throughput};
-use gru_serve::model::forward::PARALLEL_MIN_MACS;
-use gru_serve::model::kernels;
+use gru_serve::model::cpu::gemm::PARALLEL_MIN_MACS;
+use gru_serve::model::cpu::kernels;
 use gru_serve::model::{GruModel, ModelConfig, ResetMode};
 
 const I: usize = 64;
@@ -213,7 +213,7 @@ fn gemm_into(
     }
 }
 
-/// The thread choice the fused backend makes (`forward.rs::parallelism`).
+/// The thread choice the fused backend makes (`cpu/gemm.rs::parallelism`).
 fn ours_parallelism(m: usize, n: usize, k: usize) -> gemm::Parallelism {
     let threads = rayon::current_num_threads();
     if threads > 1 && m * n * k >= PARALLEL_MIN_MACS {

@@ -87,7 +87,7 @@ onnx_gru_layout1.onnx (+ onnx_gru_layout1.data.safetensors: x, lengths, h0, y_hi
     Also checked against PyTorch nn.GRU (same mapping as lbr1).
 Benchmark-shape fixtures (I=64, H=256, B=64, T=100, ONE layer, no head)
 ----------------------------------------------------------------------
-The shape the benchmarks and the packed AVX-512 kernel (src/model/packed.rs, used above
+The shape the benchmarks and the packed AVX-512 kernel (src/model/cpu/packed.rs, used above
 4 rows) run at. Weights uniform(-0.2, 0.2) (the +-0.6 of the small fixtures would
 saturate every gate at H=256; 0.2 keeps gate pre-activations O(1)), x uniform(-1, 1),
 h0 uniform(-0.8, 0.8). lengths: unsorted, in 1..=100, with a 100 (row 0) and a 1 (row 1).

@@ -31,10 +31,10 @@ use candle_core::{DType, Device, Tensor, D};
 use super::forward::Backend;
 
 use super::config::ResetMode;
+use super::error::ModelError;
 use super::forward::before_weights;
 use super::layer::{GruLayer, LayerParams};
 use super::network::{ForwardCache, GruModel, Head};
-use super::ModelError;
 
 /// Gradients of every trainable tensor, in the internal layout.
 #[derive(Debug, Clone)]
@@ -285,7 +285,7 @@ fn layer_backward_fused(
         .cache
         .as_ref()
         .ok_or_else(|| ModelError::Internal("forward ran without a cache".into()))?;
-    use super::bptt_cpu::layer_backward_cpu as cpu;
+    use super::cpu::backward::layer_backward_cpu as cpu;
     let inputs = (&lc.input, &lc.h0, &lc.run.ys, cache);
     let out = match lc.input.dtype() {
         DType::F32 => cpu::<f32>(layer, inputs, batch_sizes, d_out, window)?,

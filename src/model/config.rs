@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::ModelError;
+use super::error::ModelError;
 
 /// The native format version this build writes and reads.
 pub const FORMAT_VERSION: u32 = 1;

@@ -1,5 +1,6 @@
-//! One GRU layer: its parameters, their one internal layout, and exact
-//! conversions from/to the layouts other tools use.
+//! One GRU layer: its parameters, their one internal layout, exact
+//! conversions from/to the layouts other tools use, and what its forward
+//! produces.
 //!
 //! # Internal layout and convention
 //!
@@ -22,7 +23,8 @@
 use candle_core::{DType, Device, Tensor, D};
 
 use super::config::ResetMode;
-use super::ModelError;
+use super::cpu::packed::LayerPacks;
+use super::error::ModelError;
 
 /// Parameters of one layer in the internal layout, plus derived compute tensors.
 #[derive(Debug, Clone)]
@@ -46,7 +48,7 @@ pub struct GruLayer {
     /// The weights packed for the fused CPU forward (f32, AVX-512), made on
     /// first use. The tensors above are never changed in place, so it never
     /// goes stale (training builds new layers after each optimizer step).
-    pub(crate) packs: std::sync::OnceLock<Option<std::sync::Arc<super::forward::LayerPacks>>>,
+    pub(crate) packs: std::sync::OnceLock<Option<std::sync::Arc<LayerPacks>>>,
 }
 
 /// The four parameter tensors of a layer, in the internal layout (see module docs).
@@ -56,6 +58,28 @@ pub struct LayerParams {
     pub w_hh: Tensor,
     pub b_ih: Tensor,
     pub b_hh: Tensor,
+}
+
+/// What a layer's forward produces.
+pub(crate) struct LayerRun {
+    /// [T, B, H] or, when asked for `YsLayout::BatchMajor`, [B, T, H]; zero at
+    /// padded positions.
+    pub ys: Tensor,
+    /// [B, H]: each row's state at its own last step.
+    pub h_last: Tensor,
+    /// [T, B, 4H] = r | z | c | g per step (g = W_hc h + b_hc, `after_matmul`
+    /// only; zero otherwise). Zero at padded positions. Only when asked.
+    pub cache: Option<Tensor>,
+}
+
+/// Where the fused forward writes the layer outputs.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum YsLayout {
+    /// [T, B, H]: the next layer's input and what BPTT reads.
+    TimeMajor,
+    /// [B, T, H]: what `GruModel::forward` returns; written directly so the
+    /// top layer's outputs need no transpose afterwards.
+    BatchMajor,
 }
 
 impl GruLayer {
@@ -113,9 +137,18 @@ impl GruLayer {
     }
 
     /// The packed weights of the fused CPU forward, packed on first use.
-    pub(crate) fn packs(&self) -> Option<&super::forward::LayerPacks> {
+    pub(crate) fn packs(&self) -> Option<&LayerPacks> {
         self.packs
-            .get_or_init(|| super::forward::LayerPacks::build(self).map(std::sync::Arc::new))
+            .get_or_init(|| {
+                LayerPacks::build(
+                    self.mode,
+                    self.input_size,
+                    self.hidden_size,
+                    &self.w_ih,
+                    &self.w_hh,
+                )
+                .map(std::sync::Arc::new)
+            })
             .as_deref()
     }
 

@@ -5,9 +5,9 @@ use candle_core::{DType, Device, Tensor};
 use rand::{Rng, SeedableRng};
 
 use super::config::{ModelConfig, Precision};
-use super::forward::{layer_forward, Backend, LayerRun, YsLayout};
-use super::layer::{expect_shape, GruLayer, LayerParams};
-use super::ModelError;
+use super::error::ModelError;
+use super::forward::{layer_forward, Backend};
+use super::layer::{expect_shape, GruLayer, LayerParams, LayerRun, YsLayout};
 
 /// Linear readout: y = h · w + b, with w [H, O] (internal orientation) and b [O].
 #[derive(Debug, Clone)]

@@ -16,10 +16,10 @@ use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
 use super::bptt::{Batch, Gradients, Target};
-use super::config::Task;
+use super::config::{ModelConfig, Task};
+use super::error::ModelError;
 use super::layer::{GruLayer, LayerParams};
 use super::network::{GruModel, Head};
-use super::ModelError;
 
 /// What one sequence is trained towards.
 #[derive(Debug, Clone, PartialEq)]
@@ -55,7 +55,7 @@ pub const DEFAULT_MAX_SEQ_LEN: usize = 100_000;
 /// the first problem.
 pub fn validate_dataset(
     data: &[Sequence],
-    cfg: &super::ModelConfig,
+    cfg: &ModelConfig,
     max_len: usize,
 ) -> Result<(), ModelError> {
     if data.is_empty() {

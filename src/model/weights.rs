@@ -20,9 +20,9 @@ use candle_core::{DType, Device, Tensor};
 use safetensors::SafeTensors;
 
 use super::config::{ModelConfig, Precision, ResetMode, Task, FORMAT_VERSION};
+use super::error::ModelError;
 use super::layer::{self, GruLayer, LayerParams};
 use super::network::{GruModel, Head};
-use super::ModelError;
 
 pub const CONFIG_FILE: &str = "config.json";
 pub const WEIGHTS_FILE: &str = "model.safetensors";

@@ -1,15 +1,8 @@
 //! Persistent helper threads that run parts of one layer's forward beside
-//! the calling thread.
-//!
-//! Why not rayon or a scoped thread per call: on the 2-vCPU VMs here a
-//! freshly woken or spawned thread is usually placed on the *waker's* CPU
-//! (wake-affine) and the load balancer only moves it after milliseconds, so
-//! two ~240 µs halves run one after the other (measured: 2 × 237 µs of work
-//! took 315 µs with a parked helper, 500+ µs with `thread::scope` or
-//! `rayon::join`, 236 µs with a helper that was still spinning). A helper
-//! here spins for a short while after each job before it parks, so the next
-//! step of a step-by-step caller (a serving worker, a benchmark) finds it
-//! running on the other core.
+//! the calling thread. A helper spins for a short while after each job before
+//! it parks, so the next step of a step-by-step caller (a serving worker, a
+//! benchmark) finds it running on the other core. Why not rayon or a scoped
+//! thread per call: BENCHMARKS.md, "Why the model core is shaped this way".
 //!
 //! Callers never wait for a busy helper: `run_parts` claims the helpers that
 //! are free and runs the remaining parts itself, so two models' workers (or
@@ -214,6 +207,10 @@ pub(crate) fn run_parts(parts: usize, threads: usize, f: &(dyn Fn(usize) + Sync)
             parts,
             caller: std::thread::current(),
         };
+        // SAFETY: winning `busy` above makes this caller the only writer of
+        // `job`; the helper was done with its previous job before `busy` was
+        // released (`Claimed::wait` sees `finished` first), and reads this one
+        // only after the Release store to `posted` below.
         unsafe { *h.job.get() = Some(job) };
         let ticket = h.posted.load(Ordering::Relaxed) + 1;
         h.posted.store(ticket, Ordering::Release);

@@ -5,11 +5,11 @@
 
 use candle_core::{Device, Tensor};
 
-use super::config::ResetMode;
-use super::forward::{gemm_into, CpuView, Mat};
+use super::gemm::{gemm_into, CpuView, Mat};
 use super::kernels::{self, Real};
-use super::layer::{GruLayer, LayerParams};
-use super::ModelError;
+use crate::model::config::ResetMode;
+use crate::model::error::ModelError;
+use crate::model::layer::{GruLayer, LayerParams};
 
 pub(crate) struct CpuBackward {
     pub grads: LayerParams,

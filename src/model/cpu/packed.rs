@@ -7,10 +7,15 @@
 //! padded), and an AVX-512 kernel multiplies 12 rows × 32 columns at a time
 //! with 24 accumulators, one panel (32 KB at k = 256) staying in L1 while all
 //! row blocks pass over it. Only f32 on CPUs with AVX-512F; everything else
-//! keeps using the gemm crate (`forward::matmul_into`).
+//! keeps using the gemm crate (`gemm::matmul_into`).
 
 // Only the x86_64 kernel reads these; elsewhere `supported()` is false.
 #![cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+
+use candle_core::{Device, Tensor};
+
+use super::gemm::CpuView;
+use crate::model::config::ResetMode;
 
 /// Columns per panel: two 16-lane vectors.
 const NR: usize = 32;
@@ -105,6 +110,58 @@ pub(crate) fn matmul_packed(
     // ranges just checked (rows < m, columns < n, k-indices < k).
     unsafe {
         avx512::matmul(dst, ldd, m, &a[a_start..], lda, b)
+    }
+}
+
+/// A layer's weights packed for [`matmul_packed`].
+pub(crate) struct LayerPacks {
+    pub(super) w_ih: PackedB,
+    /// All 3H columns (`after_matmul`) or [U_r | U_z] (`before_matmul`).
+    pub(super) hh: PackedB,
+    /// U_h (`before_matmul` only).
+    pub(super) hh_c: Option<PackedB>,
+}
+
+impl std::fmt::Debug for LayerPacks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LayerPacks").finish_non_exhaustive()
+    }
+}
+
+impl LayerPacks {
+    /// The packs of a layer in `mode` with input weights `w_ih` [I, 3H] and
+    /// recurrent weights `w_hh` [H, 3H] (the internal layout, `layer.rs`).
+    /// None unless they are f32 on the CPU and the CPU has AVX-512F.
+    pub(crate) fn build(
+        mode: ResetMode,
+        input_size: usize,
+        hidden_size: usize,
+        w_ih: &Tensor,
+        w_hh: &Tensor,
+    ) -> Option<LayerPacks> {
+        if w_ih.dtype() != candle_core::DType::F32
+            || !matches!(w_ih.device(), Device::Cpu)
+            || !PackedB::supported()
+        {
+            return None;
+        }
+        let (i, hs) = (input_size, hidden_size);
+        let wih = CpuView::new(w_ih).ok()?;
+        let whh = CpuView::new(w_hh).ok()?;
+        let (w_ih, w_hh) = (wih.slice::<f32>().ok()?, whh.slice::<f32>().ok()?);
+        let h3 = 3 * hs;
+        Some(match mode {
+            ResetMode::AfterMatmul => LayerPacks {
+                w_ih: PackedB::pack(w_ih, h3, 0, i, h3),
+                hh: PackedB::pack(w_hh, h3, 0, hs, h3),
+                hh_c: None,
+            },
+            ResetMode::BeforeMatmul => LayerPacks {
+                w_ih: PackedB::pack(w_ih, h3, 0, i, h3),
+                hh: PackedB::pack(w_hh, h3, 0, hs, 2 * hs),
+                hh_c: Some(PackedB::pack(w_hh, h3, 2 * hs, hs, hs)),
+            },
+        })
     }
 }
 
@@ -211,7 +268,8 @@ mod avx512 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::kernels::Rows;
+    use crate::model::cpu::gemm::matmul_into;
+    use crate::model::cpu::kernels::Rows;
 
     #[allow(clippy::too_many_arguments)]
     fn naive(
@@ -238,7 +296,7 @@ mod tests {
     }
 
     /// The packed kernel where the CPU has AVX-512F, and always the gemm-crate
-    /// product that replaces it elsewhere (`forward::matmul_into`, same column
+    /// product that replaces it elsewhere (`gemm::matmul_into`, same column
     /// windows), against a float64 naive product.
     #[test]
     fn matches_a_naive_product_on_awkward_shapes() {
@@ -272,7 +330,7 @@ mod tests {
                 );
             };
             let mut fallback = vec![f32::NAN; m * n];
-            crate::model::forward::matmul_into(
+            matmul_into(
                 &mut fallback,
                 m,
                 n,
