@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::auth::Auth;
 use crate::engine::{EngineConfig, TrainingConfig};
 use crate::server::{ServerConfig, TlsFiles};
+use crate::service::auth::Auth;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {

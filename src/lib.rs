@@ -11,8 +11,6 @@ pub mod model;
 pub mod onnx;
 
 #[cfg(feature = "grpc")]
-pub mod auth;
-#[cfg(feature = "grpc")]
 pub mod config;
 #[cfg(feature = "grpc")]
 pub mod engine;

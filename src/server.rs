@@ -39,7 +39,7 @@ pub struct ServerConfig {
     /// TLS on the gRPC port (rustls); None = plaintext.
     pub tls: Option<TlsFiles>,
     /// Bearer tokens; the default (none) turns authentication off.
-    pub auth: crate::auth::Auth,
+    pub auth: crate::service::auth::Auth,
 }
 
 /// PEM files for TLS.
@@ -85,7 +85,7 @@ impl Default for ServerConfig {
             http2_keepalive_timeout: Duration::from_secs(10),
             metrics_listen: None,
             tls: None,
-            auth: crate::auth::Auth::default(),
+            auth: crate::service::auth::Auth::default(),
         }
     }
 }
