@@ -7,17 +7,13 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 
 use crate::engine::{EngineConfig, TrainingConfig};
+pub use crate::server::telemetry::LogFormat;
+use crate::server::telemetry::OtlpConfig;
 use crate::server::{ServerConfig, TlsFiles};
 use crate::service::auth::Auth;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
-}
 
 /// gru-serve: a gRPC server for GRU recurrent models, with server-side session state.
 #[derive(Debug, Clone, Parser)]
@@ -311,14 +307,12 @@ impl Args {
     }
 
     /// Trace export settings, when `--otlp-endpoint` is set.
-    pub fn otlp(&self) -> Option<crate::telemetry::OtlpConfig> {
-        self.otlp_endpoint
-            .as_ref()
-            .map(|endpoint| crate::telemetry::OtlpConfig {
-                endpoint: endpoint.clone(),
-                service_name: self.otlp_service_name.clone(),
-                sample_ratio: self.otlp_sample_ratio,
-            })
+    pub fn otlp(&self) -> Option<OtlpConfig> {
+        self.otlp_endpoint.as_ref().map(|endpoint| OtlpConfig {
+            endpoint: endpoint.clone(),
+            service_name: self.otlp_service_name.clone(),
+            sample_ratio: self.otlp_sample_ratio,
+        })
     }
 
     /// The server's settings; fails (naming the flag) when a device cannot be opened.
@@ -379,7 +373,7 @@ impl Args {
 mod tests {
     use super::*;
 
-    fn c_args_otlp(flags: &[&str]) -> Option<crate::telemetry::OtlpConfig> {
+    fn c_args_otlp(flags: &[&str]) -> Option<OtlpConfig> {
         let mut argv = vec!["gru-serve"];
         argv.extend_from_slice(flags);
         Args::try_parse_from(argv).unwrap().otlp()

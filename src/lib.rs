@@ -15,13 +15,9 @@ pub mod config;
 #[cfg(feature = "grpc")]
 pub mod engine;
 #[cfg(feature = "grpc")]
-pub mod metrics;
-#[cfg(feature = "grpc")]
 pub mod server;
 #[cfg(feature = "grpc")]
 pub mod service;
-#[cfg(feature = "grpc")]
-pub mod telemetry;
 
 /// Sets the compute thread counts once, at start, before any compute runs:
 /// the rayon pool our large matmuls use, and `RAYON_NUM_THREADS`, which

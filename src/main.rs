@@ -67,11 +67,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     // Declared before the runtime so that it is dropped after it: the last
     // spans are flushed once serving has stopped.
-    let _telemetry = gru_serve::telemetry::init(&args.log, args.log_format, args.otlp().as_ref())
-        .unwrap_or_else(|e| {
-            eprintln!("gru-serve: {e}");
-            std::process::exit(2);
-        });
+    let _telemetry =
+        gru_serve::server::telemetry::init(&args.log, args.log_format, args.otlp().as_ref())
+            .unwrap_or_else(|e| {
+                eprintln!("gru-serve: {e}");
+                std::process::exit(2);
+            });
     let config = args.server_config().unwrap_or_else(|e| {
         eprintln!("gru-serve: {e}");
         std::process::exit(2);

@@ -1,5 +1,8 @@
 //! `run(config, listener, shutdown)`: the whole server, testable on port 0.
 
+pub mod metrics;
+pub mod telemetry;
+
 use std::future::Future;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -134,7 +137,7 @@ pub async fn run_with_engine(
             .await
             .map_err(|e| ServerError::Metrics(format!("bind {addr}: {e}")))?;
         tracing::info!(addr = ?listener.local_addr().ok(), "serving Prometheus metrics at /metrics");
-        tokio::spawn(crate::metrics::serve(listener, cancel.clone()));
+        tokio::spawn(metrics::serve(listener, cancel.clone()));
     }
     let (health, health_service) = tonic_health::server::health_reporter();
     // NOT_SERVING until the models are loaded.
@@ -166,10 +169,7 @@ pub async fn run_with_engine(
         let registry = engine.registry.clone();
         let poll = engine.config.model_poll;
         if config_metrics {
-            tokio::spawn(crate::metrics::refresh_gauges(
-                engine.clone(),
-                load_cancel.clone(),
-            ));
+            tokio::spawn(metrics::refresh_gauges(engine.clone(), load_cancel.clone()));
         }
         let _ = load_cell.set(engine);
         // SERVING once a model is served: at once, or when a rescan or a
@@ -278,7 +278,7 @@ pub async fn run_with_engine(
         "security"
     );
     let server = builder
-        .layer(crate::metrics::RpcMetricsLayer)
+        .layer(metrics::RpcMetricsLayer)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
