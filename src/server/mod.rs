@@ -1,5 +1,6 @@
 //! `run(config, listener, shutdown)`: the whole server, testable on port 0.
 
+mod health;
 pub mod metrics;
 pub mod telemetry;
 
@@ -10,13 +11,15 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::service::interceptor::InterceptedService;
-use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
 
 use crate::engine::{Engine, EngineConfig};
 use crate::service::pb::gru_service_server::GruServiceServer;
 use crate::service::pb::training_service_server::TrainingServiceServer;
 use crate::service::training::TrainingServiceImpl;
 use crate::service::{pb, GruServiceImpl};
+
+pub use health::{check_health, ProbeTls};
 
 /// Settings of the server; built from the command line in `config.rs`.
 #[derive(Debug, Clone)]
@@ -107,11 +110,6 @@ pub enum ServerError {
     Tls(String),
 }
 
-const GRU_SERVICE: &str = "gru.v1.GruService";
-const TRAINING_SERVICE: &str = "gru.v1.TrainingService";
-/// Health-checked service names: the whole server ("") and each service.
-const HEALTH_NAMES: [&str; 3] = ["", GRU_SERVICE, TRAINING_SERVICE];
-
 /// Serves until `shutdown` resolves, then stops accepting, ends open streams,
 /// drains in-flight requests (at most `drain_timeout`), and stops the workers.
 pub async fn run(
@@ -133,106 +131,21 @@ pub async fn run_with_engine(
 ) -> Result<(), ServerError> {
     let cancel = CancellationToken::new();
     if let Some(addr) = config.metrics_listen {
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|e| ServerError::Metrics(format!("bind {addr}: {e}")))?;
-        tracing::info!(addr = ?listener.local_addr().ok(), "serving Prometheus metrics at /metrics");
-        tokio::spawn(metrics::serve(listener, cancel.clone()));
+        serve_metrics(addr, cancel.clone()).await?;
     }
-    let (health, health_service) = tonic_health::server::health_reporter();
-    // NOT_SERVING until the models are loaded.
-    for svc in HEALTH_NAMES {
-        health
-            .set_service_status(svc, ServingStatus::NotServing)
-            .await;
-    }
-    let cell = engine;
+    let (health, health_service) = health::not_serving_reporter().await;
+    // Models load in the background: the port answers (NOT_SERVING) meanwhile.
+    let loader = tokio::spawn(start_engine(
+        config.engine.clone(),
+        config.metrics_listen.is_some(),
+        engine.clone(),
+        health.clone(),
+        cancel.clone(),
+    ));
 
-    let engine_config = config.engine.clone();
-    let config_metrics = config.metrics_listen.is_some();
-    let (load_cell, load_health, load_cancel) = (cell.clone(), health.clone(), cancel.clone());
-    let loader = tokio::spawn(async move {
-        let loaded = tokio::task::spawn_blocking(move || Engine::load(engine_config)).await;
-        let engine = match loaded {
-            Ok(Ok(e)) => e,
-            Ok(Err(e)) => {
-                tracing::error!(error = %e, "loading models failed; serving NOT_SERVING");
-                return;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "model loader panicked");
-                return;
-            }
-        };
-        let empty = engine.registry.is_empty();
-        let sessions = engine.sessions.clone();
-        let registry = engine.registry.clone();
-        let poll = engine.config.model_poll;
-        if config_metrics {
-            tokio::spawn(metrics::refresh_gauges(engine.clone(), load_cancel.clone()));
-        }
-        let _ = load_cell.set(engine);
-        // SERVING once a model is served: at once, or when a rescan or a
-        // training job publishes the first one.
-        let mut serving = false;
-        if !empty {
-            mark_serving(&load_health).await;
-            serving = true;
-        } else {
-            tracing::warn!(
-                "no model loaded; NOT_SERVING until one is published or found by a rescan"
-            );
-        }
-        // Expire idle sessions in the background (lookups also check lazily),
-        // and rescan the repository when asked to.
-        let period =
-            (sessions.ttl() / 4).clamp(Duration::from_millis(100), Duration::from_secs(30));
-        let mut tick = tokio::time::interval(period);
-        let mut rescan = tokio::time::interval(if poll.is_zero() {
-            Duration::from_secs(3600)
-        } else {
-            poll
-        });
-        rescan.tick().await;
-        loop {
-            tokio::select! {
-                _ = load_cancel.cancelled() => break,
-                _ = tick.tick() => {
-                    let n = sessions.sweep();
-                    if n > 0 {
-                        tracing::info!(expired = n, "expired idle sessions");
-                    }
-                    if !serving && !registry.is_empty() {
-                        mark_serving(&load_health).await;
-                        serving = true;
-                    }
-                }
-                _ = rescan.tick(), if !poll.is_zero() => {
-                    let reg = registry.clone();
-                    match tokio::task::spawn_blocking(move || reg.scan()).await {
-                        Ok(Ok(added)) if !added.is_empty() => {
-                            tracing::info!(?added, "rescan loaded new model versions");
-                        }
-                        Ok(Ok(_)) => {}
-                        Ok(Err(e)) => tracing::warn!(error = %e, "rescanning the model repository failed"),
-                        Err(e) => tracing::warn!(error = %e, "rescan task failed"),
-                    }
-                }
-            }
-        }
-    });
-
-    let reflection_v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
-    // grpcurl 1.8 and Python's reflection client speak only v1alpha.
-    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()?;
+    let (reflection_v1, reflection_v1alpha) = reflection()?;
     let service = GruServiceImpl::new(
-        cell.clone(),
+        engine.clone(),
         cancel.clone(),
         config.max_streams,
         config.stream_idle_timeout,
@@ -245,7 +158,7 @@ pub async fn run_with_engine(
         config.auth.interceptor(false),
     );
     let training = InterceptedService::new(
-        TrainingServiceServer::new(TrainingServiceImpl::new(cell.clone(), cancel.clone()))
+        TrainingServiceServer::new(TrainingServiceImpl::new(engine.clone(), cancel.clone()))
             .max_decoding_message_size(config.max_message_bytes)
             .max_encoding_message_size(config.max_message_bytes),
         config.auth.interceptor(true),
@@ -257,8 +170,109 @@ pub async fn run_with_engine(
     // is unacknowledged.
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     tracing::info!(?addr, "listening");
-    let stop_cancel = cancel.clone();
-    let mut stop_health = health.clone();
+    let builder = transport(&config)?;
+    tracing::info!(
+        tls = config.tls.is_some(),
+        auth = config.auth.enabled(),
+        "security"
+    );
+    let server = builder
+        .layer(metrics::RpcMetricsLayer)
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(gru)
+        .add_service(training)
+        .serve_with_incoming_shutdown(incoming, stop_accepting(shutdown, health, cancel.clone()));
+    let result = drain(server, &cancel, config.drain_timeout).await;
+    cancel.cancel();
+    let _ = loader.await;
+    if let Some(engine) = engine.get().cloned() {
+        let _ = tokio::task::spawn_blocking(move || engine.shutdown()).await;
+    }
+    tracing::info!("stopped");
+    result
+}
+
+/// Binds the Prometheus port and serves `/metrics` on it until `cancel`.
+async fn serve_metrics(
+    addr: std::net::SocketAddr,
+    cancel: CancellationToken,
+) -> Result<(), ServerError> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|e| ServerError::Metrics(format!("bind {addr}: {e}")))?;
+    tracing::info!(addr = ?listener.local_addr().ok(), "serving Prometheus metrics at /metrics");
+    tokio::spawn(metrics::serve(listener, cancel));
+    Ok(())
+}
+
+/// Loads the models (off the async workers), publishes the engine into
+/// `cell`, turns SERVING once a model is served, and keeps the engine's
+/// housekeeping running until `cancel`. A failed load leaves the server
+/// NOT_SERVING.
+async fn start_engine(
+    config: EngineConfig,
+    gauges: bool,
+    cell: Arc<OnceLock<Engine>>,
+    health: HealthReporter,
+    cancel: CancellationToken,
+) {
+    let engine = match tokio::task::spawn_blocking(move || Engine::load(config)).await {
+        Ok(Ok(e)) => e,
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "loading models failed; serving NOT_SERVING");
+            return;
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "model loader panicked");
+            return;
+        }
+    };
+    if gauges {
+        tokio::spawn(metrics::refresh_gauges(engine.clone(), cancel.clone()));
+    }
+    let _ = cell.set(engine.clone());
+    if engine.registry.is_empty() {
+        tracing::warn!("no model loaded; NOT_SERVING until one is published or found by a rescan");
+    }
+    let (serving_tx, serving) = tokio::sync::oneshot::channel();
+    let turn_serving = async {
+        // Err: housekeeping stopped before any model was served.
+        if serving.await.is_ok() {
+            health::mark_serving(&health).await;
+        }
+    };
+    tokio::join!(engine.housekeeping(cancel, serving_tx), turn_serving);
+}
+
+/// Server reflection, v1 and v1alpha.
+fn reflection() -> Result<
+    (
+        tonic_reflection::server::v1::ServerReflectionServer<
+            impl tonic_reflection::server::v1::ServerReflection,
+        >,
+        tonic_reflection::server::v1alpha::ServerReflectionServer<
+            impl tonic_reflection::server::v1alpha::ServerReflection,
+        >,
+    ),
+    ServerError,
+> {
+    let v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    // grpcurl 1.8 and Python's reflection client speak only v1alpha.
+    let v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+    Ok((v1, v1alpha))
+}
+
+/// The transport's settings: HTTP/2 limits and keepalives, the request
+/// deadline, TLS.
+fn transport(config: &ServerConfig) -> Result<tonic::transport::Server, ServerError> {
     let mut builder = tonic::transport::Server::builder()
         .max_concurrent_streams(config.max_concurrent_streams_per_connection)
         .http2_keepalive_interval(config.http2_keepalive_interval)
@@ -272,107 +286,34 @@ pub async fn run_with_engine(
             .tls_config(tls.server_config()?)
             .map_err(|e| ServerError::Tls(e.to_string()))?;
     }
-    tracing::info!(
-        tls = config.tls.is_some(),
-        auth = config.auth.enabled(),
-        "security"
-    );
-    let server = builder
-        .layer(metrics::RpcMetricsLayer)
-        .add_service(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .add_service(gru)
-        .add_service(training)
-        .serve_with_incoming_shutdown(incoming, async move {
-            shutdown.await;
-            tracing::info!("shutting down: no new connections; ending open streams");
-            for svc in HEALTH_NAMES {
-                stop_health
-                    .set_service_status(svc, ServingStatus::NotServing)
-                    .await;
-                // Dropping the status channel ends open health Watch streams
-                // (after they hear NOT_SERVING), which would otherwise hold
-                // the drain for drain_timeout; re-adding it keeps Check
-                // answering NOT_SERVING while draining.
-                stop_health.clear_service_status(svc).await;
-                stop_health
-                    .set_service_status(svc, ServingStatus::NotServing)
-                    .await;
-            }
-            stop_cancel.cancel();
-        });
-    let drain = config.drain_timeout;
-    let result = tokio::select! {
+    Ok(builder)
+}
+
+/// Resolves when `shutdown` does, once health says NOT_SERVING and open
+/// streams have been told to end (`cancel`); then the server stops accepting.
+async fn stop_accepting(
+    shutdown: impl Future<Output = ()>,
+    mut health: HealthReporter,
+    cancel: CancellationToken,
+) {
+    shutdown.await;
+    tracing::info!("shutting down: no new connections; ending open streams");
+    health::mark_draining(&mut health).await;
+    cancel.cancel();
+}
+
+/// Runs `server` until it has drained, or until `drain` has passed since
+/// shutdown began (`cancel`), whichever is first.
+async fn drain(
+    server: impl Future<Output = Result<(), tonic::transport::Error>>,
+    cancel: &CancellationToken,
+    drain: Duration,
+) -> Result<(), ServerError> {
+    tokio::select! {
         r = server => r.map_err(ServerError::from),
         _ = async { cancel.cancelled().await; tokio::time::sleep(drain).await } => {
             tracing::warn!(?drain, "drain timeout: closing with requests still in flight");
             Ok(())
         }
-    };
-    cancel.cancel();
-    let _ = loader.await;
-    if let Some(engine) = cell.get().cloned() {
-        let _ = tokio::task::spawn_blocking(move || engine.shutdown()).await;
     }
-    tracing::info!("stopped");
-    result
-}
-
-async fn mark_serving(health: &tonic_health::server::HealthReporter) {
-    for svc in HEALTH_NAMES {
-        health.set_service_status(svc, ServingStatus::Serving).await;
-    }
-    tracing::info!("models loaded; serving");
-}
-
-/// TLS settings of the `gru-serve health` probe.
-#[derive(Debug, Clone, Default)]
-pub struct ProbeTls {
-    pub ca: std::path::PathBuf,
-    pub domain: Option<String>,
-    pub client: Option<(std::path::PathBuf, std::path::PathBuf)>,
-}
-
-/// The `gru-serve health` probe: asks `addr`'s grpc.health.v1 Check for
-/// `service` and says whether it answered SERVING. Errors name what failed
-/// (bad address, unreachable, timeout, unknown service, TLS files).
-pub async fn check_health(
-    addr: &str,
-    service: &str,
-    timeout: Duration,
-    tls: Option<&ProbeTls>,
-) -> Result<bool, String> {
-    use tonic_health::pb::health_check_response::ServingStatus as Wire;
-    let mut endpoint = tonic::transport::Endpoint::from_shared(addr.to_string())
-        .map_err(|e| format!("address '{addr}': {e}"))?
-        .connect_timeout(timeout)
-        .timeout(timeout);
-    if let Some(t) = tls {
-        let read =
-            |p: &std::path::Path| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
-        let mut c = tonic::transport::ClientTlsConfig::new()
-            .ca_certificate(tonic::transport::Certificate::from_pem(read(&t.ca)?));
-        if let Some(d) = &t.domain {
-            c = c.domain_name(d.clone());
-        }
-        if let Some((cert, key)) = &t.client {
-            c = c.identity(tonic::transport::Identity::from_pem(
-                read(cert)?,
-                read(key)?,
-            ));
-        }
-        endpoint = endpoint.tls_config(c).map_err(|e| format!("TLS: {e}"))?;
-    }
-    let channel = endpoint
-        .connect()
-        .await
-        .map_err(|e| format!("connect to {addr}: {e}"))?;
-    let reply = tonic_health::pb::health_client::HealthClient::new(channel)
-        .check(tonic_health::pb::HealthCheckRequest {
-            service: service.to_string(),
-        })
-        .await
-        .map_err(|s| format!("health check: {:?}: {}", s.code(), s.message()))?;
-    Ok(reply.into_inner().status == Wire::Serving as i32)
 }
