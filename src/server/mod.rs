@@ -11,6 +11,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::service::interceptor::InterceptedService;
+use tonic::service::Interceptor;
 use tonic_health::server::HealthReporter;
 
 use crate::engine::{Engine, EngineConfig};
@@ -144,32 +145,10 @@ pub async fn run_with_engine(
     ));
 
     let (reflection_v1, reflection_v1alpha) = reflection()?;
-    let service = GruServiceImpl::new(
-        engine.clone(),
-        cancel.clone(),
-        config.max_streams,
-        config.stream_idle_timeout,
-    );
     // Authentication wraps the model services; health and reflection stay open.
-    let gru = InterceptedService::new(
-        GruServiceServer::new(service)
-            .max_decoding_message_size(config.max_message_bytes)
-            .max_encoding_message_size(config.max_message_bytes),
-        config.auth.interceptor(false),
-    );
-    let training = InterceptedService::new(
-        TrainingServiceServer::new(TrainingServiceImpl::new(engine.clone(), cancel.clone()))
-            .max_decoding_message_size(config.max_message_bytes)
-            .max_encoding_message_size(config.max_message_bytes),
-        config.auth.interceptor(true),
-    );
-
-    let addr = listener.local_addr().ok();
-    // TCP_NODELAY: a step reply is one small write; with Nagle's algorithm it
-    // waits for the peer's delayed ACK (~40 ms) whenever a previous segment
-    // is unacknowledged.
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-    tracing::info!(?addr, "listening");
+    let gru = gru_service(&config, &engine, &cancel);
+    let training = training_service(&config, &engine, &cancel);
+    let incoming = incoming(listener);
     let builder = transport(&config)?;
     tracing::info!(
         tls = config.tls.is_some(),
@@ -187,9 +166,7 @@ pub async fn run_with_engine(
     let result = drain(server, &cancel, config.drain_timeout).await;
     cancel.cancel();
     let _ = loader.await;
-    if let Some(engine) = engine.get().cloned() {
-        let _ = tokio::task::spawn_blocking(move || engine.shutdown()).await;
-    }
+    stop_engine(&engine).await;
     tracing::info!("stopped");
     result
 }
@@ -270,6 +247,51 @@ fn reflection() -> Result<
     Ok((v1, v1alpha))
 }
 
+/// The gru.v1 model service, behind authentication.
+fn gru_service(
+    config: &ServerConfig,
+    engine: &Arc<OnceLock<Engine>>,
+    cancel: &CancellationToken,
+) -> InterceptedService<GruServiceServer<GruServiceImpl>, impl Interceptor + Clone> {
+    let service = GruServiceImpl::new(
+        engine.clone(),
+        cancel.clone(),
+        config.max_streams,
+        config.stream_idle_timeout,
+    );
+    InterceptedService::new(
+        GruServiceServer::new(service)
+            .max_decoding_message_size(config.max_message_bytes)
+            .max_encoding_message_size(config.max_message_bytes),
+        config.auth.interceptor(false),
+    )
+}
+
+/// The training service, behind authentication with an admin token.
+fn training_service(
+    config: &ServerConfig,
+    engine: &Arc<OnceLock<Engine>>,
+    cancel: &CancellationToken,
+) -> InterceptedService<TrainingServiceServer<TrainingServiceImpl>, impl Interceptor + Clone> {
+    InterceptedService::new(
+        TrainingServiceServer::new(TrainingServiceImpl::new(engine.clone(), cancel.clone()))
+            .max_decoding_message_size(config.max_message_bytes)
+            .max_encoding_message_size(config.max_message_bytes),
+        config.auth.interceptor(true),
+    )
+}
+
+/// The accepted connections of `listener`.
+fn incoming(listener: TcpListener) -> tonic::transport::server::TcpIncoming {
+    let addr = listener.local_addr().ok();
+    // TCP_NODELAY: a step reply is one small write; with Nagle's algorithm it
+    // waits for the peer's delayed ACK (~40 ms) whenever a previous segment
+    // is unacknowledged.
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    tracing::info!(?addr, "listening");
+    incoming
+}
+
 /// The transport's settings: HTTP/2 limits and keepalives, the request
 /// deadline, TLS.
 fn transport(config: &ServerConfig) -> Result<tonic::transport::Server, ServerError> {
@@ -315,5 +337,12 @@ async fn drain(
             tracing::warn!(?drain, "drain timeout: closing with requests still in flight");
             Ok(())
         }
+    }
+}
+
+/// Stops the engine's workers and training jobs, if it was loaded.
+async fn stop_engine(engine: &OnceLock<Engine>) {
+    if let Some(engine) = engine.get().cloned() {
+        let _ = tokio::task::spawn_blocking(move || engine.shutdown()).await;
     }
 }
