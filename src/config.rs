@@ -7,17 +7,13 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 
-use crate::auth::Auth;
 use crate::engine::{EngineConfig, TrainingConfig};
+pub use crate::server::telemetry::LogFormat;
+use crate::server::telemetry::OtlpConfig;
 use crate::server::{ServerConfig, TlsFiles};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
-}
+use crate::service::auth::Auth;
 
 /// gru-serve: a gRPC server for GRU recurrent models, with server-side session state.
 #[derive(Debug, Clone, Parser)]
@@ -218,56 +214,64 @@ pub enum Command {
     /// Asks a running server's grpc.health.v1 service whether it is SERVING;
     /// exits 0 if so, 1 if not or unreachable (for Docker HEALTHCHECK and
     /// exec probes).
-    Health {
-        /// Server to ask.
-        #[arg(
-            long,
-            env = "GRU_HEALTH_ADDR",
-            default_value = "http://127.0.0.1:50051"
-        )]
-        addr: String,
-        /// Service name to check ("" = the whole server).
-        #[arg(long, default_value = "")]
-        service: String,
-        /// Seconds to wait for an answer.
-        #[arg(long, default_value_t = 3)]
-        timeout_secs: u64,
-        /// CA (PEM) to verify the server's certificate: set = connect with TLS.
-        #[arg(long, env = "GRU_HEALTH_CA")]
-        ca: Option<PathBuf>,
-        /// Name the server's certificate must carry (default: the address' host).
-        #[arg(long, env = "GRU_HEALTH_TLS_DOMAIN")]
-        tls_domain: Option<String>,
-        /// Client certificate and key (PEM) when the server requires mutual TLS.
-        #[arg(long, env = "GRU_HEALTH_CLIENT_CERT", requires = "client_key")]
-        client_cert: Option<PathBuf>,
-        #[arg(long, env = "GRU_HEALTH_CLIENT_KEY", requires = "client_cert")]
-        client_key: Option<PathBuf>,
-    },
+    Health(HealthArgs),
     /// Writes a model version of the repository as a PyTorch state dict
     /// (safetensors: `gru.weight_ih_l0` … for `nn.GRU(batch_first=True)`,
     /// `head.weight`/`head.bias` for `nn.Linear`) and prints its config as
     /// JSON. PyTorch's GRU is the after_matmul reset mode.
-    Export {
-        /// Model repository.
-        #[arg(long, env = "GRU_MODEL_DIR", default_value = "models")]
-        model_dir: PathBuf,
-        /// Model name.
-        #[arg(long)]
-        model: String,
-        /// Version (default: the latest).
-        #[arg(long)]
-        version: Option<u64>,
-        /// Output file.
-        #[arg(long)]
-        out: PathBuf,
-        /// Key prefix of the GRU tensors.
-        #[arg(long, default_value = "gru.")]
-        gru_prefix: String,
-        /// Key prefix of the head tensors.
-        #[arg(long, default_value = "head.")]
-        head_prefix: String,
-    },
+    Export(ExportArgs),
+}
+
+/// Flags of `gru-serve health`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct HealthArgs {
+    /// Server to ask.
+    #[arg(
+        long,
+        env = "GRU_HEALTH_ADDR",
+        default_value = "http://127.0.0.1:50051"
+    )]
+    pub addr: String,
+    /// Service name to check ("" = the whole server).
+    #[arg(long, default_value = "")]
+    pub service: String,
+    /// Seconds to wait for an answer.
+    #[arg(long, default_value_t = 3)]
+    pub timeout_secs: u64,
+    /// CA (PEM) to verify the server's certificate: set = connect with TLS.
+    #[arg(long, env = "GRU_HEALTH_CA")]
+    pub ca: Option<PathBuf>,
+    /// Name the server's certificate must carry (default: the address' host).
+    #[arg(long, env = "GRU_HEALTH_TLS_DOMAIN")]
+    pub tls_domain: Option<String>,
+    /// Client certificate and key (PEM) when the server requires mutual TLS.
+    #[arg(long, env = "GRU_HEALTH_CLIENT_CERT", requires = "client_key")]
+    pub client_cert: Option<PathBuf>,
+    #[arg(long, env = "GRU_HEALTH_CLIENT_KEY", requires = "client_cert")]
+    pub client_key: Option<PathBuf>,
+}
+
+/// Flags of `gru-serve export`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ExportArgs {
+    /// Model repository.
+    #[arg(long, env = "GRU_MODEL_DIR", default_value = "models")]
+    pub model_dir: PathBuf,
+    /// Model name.
+    #[arg(long)]
+    pub model: String,
+    /// Version (default: the latest).
+    #[arg(long)]
+    pub version: Option<u64>,
+    /// Output file.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Key prefix of the GRU tensors.
+    #[arg(long, default_value = "gru.")]
+    pub gru_prefix: String,
+    /// Key prefix of the head tensors.
+    #[arg(long, default_value = "head.")]
+    pub head_prefix: String,
 }
 
 /// `cpu`, `cuda` (= `cuda:0`) or `cuda:N`, opened.
@@ -311,14 +315,12 @@ impl Args {
     }
 
     /// Trace export settings, when `--otlp-endpoint` is set.
-    pub fn otlp(&self) -> Option<crate::telemetry::OtlpConfig> {
-        self.otlp_endpoint
-            .as_ref()
-            .map(|endpoint| crate::telemetry::OtlpConfig {
-                endpoint: endpoint.clone(),
-                service_name: self.otlp_service_name.clone(),
-                sample_ratio: self.otlp_sample_ratio,
-            })
+    pub fn otlp(&self) -> Option<OtlpConfig> {
+        self.otlp_endpoint.as_ref().map(|endpoint| OtlpConfig {
+            endpoint: endpoint.clone(),
+            service_name: self.otlp_service_name.clone(),
+            sample_ratio: self.otlp_sample_ratio,
+        })
     }
 
     /// The server's settings; fails (naming the flag) when a device cannot be opened.
@@ -379,7 +381,7 @@ impl Args {
 mod tests {
     use super::*;
 
-    fn c_args_otlp(flags: &[&str]) -> Option<crate::telemetry::OtlpConfig> {
+    fn c_args_otlp(flags: &[&str]) -> Option<OtlpConfig> {
         let mut argv = vec!["gru-serve"];
         argv.extend_from_slice(flags);
         Args::try_parse_from(argv).unwrap().otlp()

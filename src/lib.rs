@@ -11,27 +11,26 @@ pub mod model;
 pub mod onnx;
 
 #[cfg(feature = "grpc")]
-pub mod auth;
+pub mod commands;
 #[cfg(feature = "grpc")]
 pub mod config;
 #[cfg(feature = "grpc")]
 pub mod engine;
 #[cfg(feature = "grpc")]
-pub mod metrics;
-#[cfg(feature = "grpc")]
 pub mod server;
 #[cfg(feature = "grpc")]
 pub mod service;
-#[cfg(feature = "grpc")]
-pub mod telemetry;
 
 /// Sets the compute thread counts once, at start, before any compute runs:
 /// the rayon pool our large matmuls use, and `RAYON_NUM_THREADS`, which
 /// candle reads on every matmul (unset, it re-reads /proc/cpuinfo each time:
-/// 3.4x slower at batch 1).
+/// 3.4x slower at batch 1). Call it first thing in `main`, before any
+/// thread is spawned: the binary, the benches and the examples all do.
 pub fn init_compute_threads(threads: usize) {
     let threads = threads.max(1);
-    // SAFETY: called at start-up before other threads exist (main, benches).
+    // SAFETY: every caller runs this at the start of `main`, before it spawns
+    // a thread, so none can read the environment meanwhile; rayon's pool
+    // starts after.
     unsafe { std::env::set_var("RAYON_NUM_THREADS", threads.to_string()) };
     let _ = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)

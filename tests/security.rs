@@ -16,8 +16,8 @@
 
 use std::time::Duration;
 
-use gru_serve::auth::Auth;
 use gru_serve::server::{ProbeTls, TlsFiles};
+use gru_serve::service::auth::Auth;
 use gru_serve::service::pb;
 use gru_serve::service::pb::gru_service_client::GruServiceClient;
 use gru_serve::service::pb::training_service_client::TrainingServiceClient;

@@ -2,6 +2,7 @@
 //! No gRPC types here; `src/service` maps these to and from the wire.
 
 pub mod batcher;
+mod housekeeping;
 pub mod ids;
 pub mod predict;
 pub mod registry;

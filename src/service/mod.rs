@@ -23,6 +23,7 @@ pub mod pb {
         include_bytes!(concat!(env!("OUT_DIR"), "/gru_descriptor.bin"));
 }
 
+pub mod auth;
 mod matrix;
 pub mod training;
 
@@ -316,7 +317,7 @@ impl GruService for GruServiceImpl {
         req: Request<pb::OpenSessionRequest>,
     ) -> Result<Response<pb::OpenSessionResponse>, Status> {
         let engine = self.engine()?;
-        let owner = crate::auth::tenant(&req);
+        let owner = auth::tenant(&req);
         let (meta, _, r) = req.into_parts();
         let key = session_key(r.session_key.clone(), &meta);
         let resume = r.resume.map(|s| {
@@ -354,7 +355,7 @@ impl GruService for GruServiceImpl {
         &self,
         req: Request<pb::StepRequest>,
     ) -> Result<Response<pb::StepResponse>, Status> {
-        let owner = crate::auth::tenant(&req);
+        let owner = auth::tenant(&req);
         let submitted = step_submit(self.engine()?, owner.as_deref(), req.into_inner())?;
         Ok(Response::new(step_finish(submitted).await?))
     }
@@ -374,7 +375,7 @@ impl GruService for GruServiceImpl {
             .try_acquire_owned()
             .map_err(|_| Status::resource_exhausted("too many open streams; retry later"))?;
         let cancel = self.shutdown.clone();
-        let owner = crate::auth::tenant(&req);
+        let owner = auth::tenant(&req);
         let mut inbound = req.into_inner();
         let (out_tx, out_rx) = mpsc::channel(STREAM_MAX_IN_FLIGHT);
         // In-order replies: the reader spawns each step and queues its handle;
@@ -465,7 +466,7 @@ impl GruService for GruServiceImpl {
         req: Request<pb::GetSessionStateRequest>,
     ) -> Result<Response<pb::GetSessionStateResponse>, Status> {
         let engine = self.engine()?;
-        let owner = crate::auth::tenant(&req);
+        let owner = auth::tenant(&req);
         let s = engine
             .sessions
             .get_owned(&req.into_inner().session_id, owner.as_deref())?;
@@ -485,7 +486,7 @@ impl GruService for GruServiceImpl {
         req: Request<pb::CloseSessionRequest>,
     ) -> Result<Response<pb::CloseSessionResponse>, Status> {
         let engine = self.engine()?;
-        let owner = crate::auth::tenant(&req);
+        let owner = auth::tenant(&req);
         let id = req.into_inner().session_id;
         let step_index = engine.sessions.close(&id, owner.as_deref())?;
         tracing::info!(session_id = %id, step_index, "close session");

@@ -6,11 +6,18 @@
 //! request as its parent, so a caller's trace continues into the server. For
 //! streaming RPCs the span covers the call's set-up, not the stream's life.
 
-use crate::config::LogFormat;
 use tonic::codegen::http;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::Layer;
+
+/// How log lines are written (`--log-format`). Defined here, where it is
+/// used, so that `config` imports telemetry and never the other way round.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
 
 /// Where and how to export traces.
 #[derive(Debug, Clone, PartialEq)]

@@ -187,7 +187,7 @@ where
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
         let method = method_label(req.uri().path());
-        let span = crate::telemetry::rpc_span(&method, req.headers());
+        let span = super::telemetry::rpc_span(&method, req.headers());
         let started = Instant::now();
         let fut = span.in_scope(|| self.inner.call(req));
         Box::pin(async move {

@@ -1,0 +1,103 @@
+//! Health: the grpc.health.v1 statuses this server reports (NOT_SERVING
+//! until a model is served and again while draining), and the client behind
+//! `gru-serve health`.
+
+use std::time::Duration;
+
+use tonic_health::server::HealthReporter;
+use tonic_health::ServingStatus;
+
+const GRU_SERVICE: &str = "gru.v1.GruService";
+const TRAINING_SERVICE: &str = "gru.v1.TrainingService";
+/// Health-checked service names: the whole server ("") and each service.
+const HEALTH_NAMES: [&str; 3] = ["", GRU_SERVICE, TRAINING_SERVICE];
+
+/// The health service and its reporter, every name NOT_SERVING until the
+/// models are loaded.
+pub(super) async fn not_serving_reporter() -> (
+    HealthReporter,
+    tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
+) {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    for svc in HEALTH_NAMES {
+        health
+            .set_service_status(svc, ServingStatus::NotServing)
+            .await;
+    }
+    (health, health_service)
+}
+
+pub(super) async fn mark_serving(health: &HealthReporter) {
+    for svc in HEALTH_NAMES {
+        health.set_service_status(svc, ServingStatus::Serving).await;
+    }
+    tracing::info!("models loaded; serving");
+}
+
+/// At shutdown: every name NOT_SERVING, and open Watch streams ended.
+pub(super) async fn mark_draining(health: &mut HealthReporter) {
+    for svc in HEALTH_NAMES {
+        health
+            .set_service_status(svc, ServingStatus::NotServing)
+            .await;
+        // Dropping the status channel ends open health Watch streams
+        // (after they hear NOT_SERVING), which would otherwise hold
+        // the drain for drain_timeout; re-adding it keeps Check
+        // answering NOT_SERVING while draining.
+        health.clear_service_status(svc).await;
+        health
+            .set_service_status(svc, ServingStatus::NotServing)
+            .await;
+    }
+}
+
+/// TLS settings of the `gru-serve health` probe.
+#[derive(Debug, Clone, Default)]
+pub struct ProbeTls {
+    pub ca: std::path::PathBuf,
+    pub domain: Option<String>,
+    pub client: Option<(std::path::PathBuf, std::path::PathBuf)>,
+}
+
+/// The `gru-serve health` probe: asks `addr`'s grpc.health.v1 Check for
+/// `service` and says whether it answered SERVING. Errors name what failed
+/// (bad address, unreachable, timeout, unknown service, TLS files).
+pub async fn check_health(
+    addr: &str,
+    service: &str,
+    timeout: Duration,
+    tls: Option<&ProbeTls>,
+) -> Result<bool, String> {
+    use tonic_health::pb::health_check_response::ServingStatus as Wire;
+    let mut endpoint = tonic::transport::Endpoint::from_shared(addr.to_string())
+        .map_err(|e| format!("address '{addr}': {e}"))?
+        .connect_timeout(timeout)
+        .timeout(timeout);
+    if let Some(t) = tls {
+        let read =
+            |p: &std::path::Path| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
+        let mut c = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(read(&t.ca)?));
+        if let Some(d) = &t.domain {
+            c = c.domain_name(d.clone());
+        }
+        if let Some((cert, key)) = &t.client {
+            c = c.identity(tonic::transport::Identity::from_pem(
+                read(cert)?,
+                read(key)?,
+            ));
+        }
+        endpoint = endpoint.tls_config(c).map_err(|e| format!("TLS: {e}"))?;
+    }
+    let channel = endpoint
+        .connect()
+        .await
+        .map_err(|e| format!("connect to {addr}: {e}"))?;
+    let reply = tonic_health::pb::health_client::HealthClient::new(channel)
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: service.to_string(),
+        })
+        .await
+        .map_err(|s| format!("health check: {:?}: {}", s.code(), s.message()))?;
+    Ok(reply.into_inner().status == Wire::Serving as i32)
+}
