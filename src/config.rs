@@ -80,6 +80,13 @@ pub struct Args {
     #[arg(long, env = "GRU_MAX_PREDICT_BYTES", default_value_t = 1 << 30)]
     pub max_predict_bytes: u64,
 
+    /// Most bytes of last replies all sessions together keep to answer a
+    /// retried step message exactly once. Past it a reply is not kept, and a
+    /// retry of that message is FAILED_PRECONDITION (its state is readable
+    /// with GetSessionState).
+    #[arg(long, env = "GRU_MAX_RETAINED_REPLY_BYTES", default_value_t = 1 << 30)]
+    pub max_retained_reply_bytes: u64,
+
     /// Largest gRPC message in bytes, either direction (tonic's default is 4 MiB).
     #[arg(long, env = "GRU_MAX_MESSAGE_BYTES", default_value_t = 64 << 20)]
     pub max_message_bytes: usize,
@@ -338,6 +345,7 @@ impl Args {
                 max_predict_sequences: self.max_predict_sequences,
                 max_predict_steps: self.max_predict_steps,
                 max_predict_bytes: self.max_predict_bytes,
+                max_retained_reply_bytes: self.max_retained_reply_bytes,
                 training: TrainingConfig {
                     max_concurrent_jobs: self.training_jobs,
                     threads_per_job: self.training_threads,

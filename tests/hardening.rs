@@ -742,3 +742,45 @@ async fn a_version_that_does_not_load_back_is_never_made_visible() {
     assert_eq!(entries(&dir.path().join("torn")), ["1"]);
     server.stop().await;
 }
+
+/// Last replies are kept for retries only within the server-wide budget: a
+/// reply that does not fit is not kept, a retry of its message is refused
+/// naming GetSessionState (never re-applied), and the session goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replies_past_the_retained_reply_budget_are_not_kept_and_never_reapplied() {
+    let dir = small_repo();
+    // One k = 1 reply is 4 × (2 outputs + 2 × 8 state) = 72 bytes; k = 5 is 104.
+    let server = TestServer::start(config_with(dir.path(), |c| {
+        c.engine.max_retained_reply_bytes = 100;
+    }))
+    .await;
+    server.wait_serving().await;
+    let mut c = server.client();
+    let id = open(&mut c, None).await.unwrap();
+    let msg = |rows: usize, start: u64, seed: u64| pb::StepRequest {
+        session_id: id.clone(),
+        inputs: Some(matrix(rows, I, rand_vec(rows * I, seed))),
+        start_step: start,
+        has_start_step: true,
+        ..Default::default()
+    };
+    let ok = |r: pb::StepResponse| match r.result {
+        Some(pb::step_response::Result::Ok(res)) => res,
+        other => panic!("unexpected step result {other:?}"),
+    };
+    let first = ok(c.step(msg(1, 0, 1)).await.unwrap().into_inner());
+    let again = ok(c.step(msg(1, 0, 1)).await.unwrap().into_inner());
+    assert!(again.replayed, "a kept reply is replayed");
+    assert_eq!(again.outputs, first.outputs);
+    ok(c.step(msg(5, 1, 2)).await.unwrap().into_inner());
+    let s = expect_err("retry of an unkept reply", c.step(msg(5, 1, 2)).await);
+    assert_status(
+        "retry of an unkept reply",
+        &s,
+        Code::FailedPrecondition,
+        &["was applied", "at step 6", "GetSessionState"],
+    );
+    let next = ok(c.step(msg(1, 6, 3)).await.unwrap().into_inner());
+    assert_eq!((next.start_step, next.next_step), (6, 7));
+    server.stop().await;
+}

@@ -13,24 +13,15 @@ use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use candle_core::{DType, Tensor};
 use tokio::sync::oneshot;
 
 use super::ids;
+use super::replies::ReplyBudget;
+use super::rows::{forward_rows, RowIn, RowsOut};
+pub use super::sessions::StepOutcome;
 use super::sessions::{LastReply, Session};
 use super::EngineError;
 use crate::model::GruModel;
-
-/// The result of one step message.
-#[derive(Debug, Clone)]
-pub struct StepOutcome {
-    /// [k × output] row-major.
-    pub outputs: Vec<f32>,
-    pub start_step: u64,
-    pub next_step: u64,
-    /// h after the last step, [layers × hidden].
-    pub state: Vec<f32>,
-}
 
 #[derive(Debug, Clone)]
 pub struct StepReply {
@@ -85,6 +76,7 @@ impl Worker {
         model: Arc<GruModel>,
         max_batch: usize,
         capacity: usize,
+        replies: Arc<ReplyBudget>,
     ) -> Result<Worker, EngineError> {
         let (tx, rx) = sync_channel(capacity);
         let stats = Arc::new(WorkerStats::default());
@@ -92,7 +84,15 @@ impl Worker {
         let n = name.clone();
         let thread = std::thread::Builder::new()
             .name(format!("gru-worker {name}"))
-            .spawn(move || run(&n, rx, &model, max_batch.max(1), &st))
+            .spawn(move || {
+                let ctx = Ctx {
+                    name: &n,
+                    model: &model,
+                    stats: &st,
+                    replies: &replies,
+                };
+                run(ctx, rx, max_batch.max(1))
+            })
             .map_err(|e| EngineError::Internal(format!("spawn worker: {e}")))?;
         Ok(Worker {
             name,
@@ -145,8 +145,17 @@ pub fn digest(inputs: &[f32]) -> u64 {
     h.finish()
 }
 
-fn run(name: &str, rx: Receiver<StepJob>, model: &GruModel, max_batch: usize, stats: &WorkerStats) {
-    let padded_budget = super::predict::padded_steps_budget(model.config());
+/// What a worker thread works with besides its queue.
+struct Ctx<'a> {
+    name: &'a str,
+    model: &'a GruModel,
+    stats: &'a WorkerStats,
+    replies: &'a Arc<ReplyBudget>,
+}
+
+fn run(ctx: Ctx<'_>, rx: Receiver<StepJob>, max_batch: usize) {
+    let Ctx { model, stats, .. } = ctx;
+    let padded_budget = super::rows::padded_steps_budget(model.config());
     let mut pending: VecDeque<StepJob> = VecDeque::new();
     loop {
         if pending.is_empty() {
@@ -185,7 +194,7 @@ fn run(name: &str, rx: Receiver<StepJob>, model: &GruModel, max_batch: usize, st
         stats
             .queued
             .fetch_sub(batch.len() as u64, Ordering::Relaxed);
-        run_batch(name, model, batch, stats);
+        run_batch(&ctx, batch);
     }
 }
 
@@ -196,7 +205,13 @@ struct Live {
     digest: u64,
 }
 
-fn run_batch(name: &str, model: &GruModel, batch: Vec<StepJob>, stats: &WorkerStats) {
+fn run_batch(ctx: &Ctx<'_>, batch: Vec<StepJob>) {
+    let Ctx {
+        name,
+        model,
+        stats,
+        replies,
+    } = *ctx;
     let mut live = Vec::with_capacity(batch.len());
     for job in batch {
         if job.reply.is_closed() {
@@ -216,12 +231,17 @@ fn run_batch(name: &str, model: &GruModel, batch: Vec<StepJob>, stats: &WorkerSt
                     .last
                     .as_ref()
                     .filter(|l| l.start_step == s && l.digest == dg)
-                    .map(|l| l.outcome.clone());
+                    .map(|l| l.kept.as_ref().map(|(o, _)| o.clone()));
                 let msg = match replay {
-                    Some(outcome) => Ok(StepReply {
+                    Some(Some(outcome)) => Ok(StepReply {
                         outcome,
                         replayed: true,
                     }),
+                    Some(None) => Err(EngineError::FailedPrecondition(format!(
+                        "session '{}': the message starting at step {s} was applied (the session is at step {}), but its reply was not kept for a retry (the server's retained-reply budget was full); read the state with GetSessionState",
+                        job.session.id,
+                        d.step_index
+                    ))),
                     None => Err(EngineError::FailedPrecondition(format!(
                         "session '{}' is at step {}; this message starts at step {s} (only a retry of the last message, which started at {}, can be repeated)",
                         job.session.id,
@@ -297,10 +317,13 @@ fn run_batch(name: &str, model: &GruModel, batch: Vec<StepJob>, stats: &WorkerSt
                 });
                 d.h = state;
                 d.step_index = next;
+                // The old reply's charge goes back before the new one is taken.
+                d.last = None;
+                let bytes = 4 * (outcome.outputs.len() + outcome.state.len()) as u64;
                 d.last = Some(LastReply {
                     start_step: l.start,
                     digest: l.digest,
-                    outcome: outcome.clone(),
+                    kept: replies.charge(bytes).map(|c| (outcome.clone(), c)),
                 });
                 drop(d);
                 let _ = l.job.reply.send(Ok(StepReply {
@@ -346,59 +369,6 @@ fn inject_panic(_name: &str) {
     }
 }
 
-/// Per-row outputs [len × O] and final states [layers × hidden].
-pub type RowsOut = (Vec<Vec<f32>>, Vec<Vec<f32>>);
-
-/// One sequence to run: `len` rows of inputs and an optional initial h.
-pub struct RowIn<'a> {
-    pub inputs: &'a [f32],
-    pub len: usize,
-    pub h: Option<&'a [f32]>,
-}
-
-/// Gathers rows into one padded batch, runs one forward, splits the outputs
-/// and final states per row. Shared by the step worker and Predict.
-pub fn forward_rows(model: &GruModel, rows: &[RowIn<'_>]) -> Result<RowsOut, EngineError> {
-    let c = model.config();
-    let (i, h, l_n, o) = (c.input_size, c.hidden_size, c.num_layers, c.output_dim());
-    let b = rows.len();
-    let kmax = rows.iter().map(|r| r.len).max().unwrap_or(1);
-    let mut xs = vec![0f32; b * kmax * i];
-    let mut state = vec![0f32; l_n * b * h];
-    for (r, row) in rows.iter().enumerate() {
-        xs[r * kmax * i..r * kmax * i + row.inputs.len()].copy_from_slice(row.inputs);
-        if let Some(init) = row.h {
-            for layer in 0..l_n {
-                state[(layer * b + r) * h..(layer * b + r + 1) * h]
-                    .copy_from_slice(&init[layer * h..(layer + 1) * h]);
-            }
-        }
-    }
-    let dev = model.device();
-    let dt = model.dtype();
-    let xs = Tensor::from_vec(xs, (b, kmax, i), dev)?.to_dtype(dt)?;
-    let st = Tensor::from_vec(state, (l_n, b, h), dev)?.to_dtype(dt)?;
-    let lengths: Vec<usize> = rows.iter().map(|r| r.len).collect();
-    let (ys, hn) = model.forward(&xs, &lengths, Some(&st))?;
-    let ys = to_f32_vec(&ys)?;
-    let hn = to_f32_vec(&hn)?;
-    let outs = rows
-        .iter()
-        .enumerate()
-        .map(|(r, row)| ys[r * kmax * o..r * kmax * o + row.len * o].to_vec())
-        .collect();
-    let states = (0..b)
-        .map(|r| {
-            let mut s = Vec::with_capacity(l_n * h);
-            for layer in 0..l_n {
-                s.extend_from_slice(&hn[(layer * b + r) * h..(layer * b + r + 1) * h]);
-            }
-            s
-        })
-        .collect();
-    Ok((outs, states))
-}
-
 fn compute(model: &GruModel, live: &[Live]) -> Result<RowsOut, EngineError> {
     let rows: Vec<RowIn<'_>> = live
         .iter()
@@ -409,11 +379,4 @@ fn compute(model: &GruModel, live: &[Live]) -> Result<RowsOut, EngineError> {
         })
         .collect();
     forward_rows(model, &rows)
-}
-
-fn to_f32_vec(t: &Tensor) -> Result<Vec<f32>, EngineError> {
-    Ok(t.to_dtype(DType::F32)
-        .and_then(|t| t.flatten_all())
-        .and_then(|t| t.to_vec1::<f32>())
-        .map_err(crate::model::ModelError::from)?)
 }

@@ -6,6 +6,8 @@ mod housekeeping;
 pub mod ids;
 pub mod predict;
 pub mod registry;
+pub mod replies;
+pub mod rows;
 pub mod sessions;
 pub mod training;
 
@@ -15,8 +17,8 @@ use std::time::Duration;
 
 use crate::model::ModelError;
 
-pub use batcher::StepOutcome;
 pub use registry::{ModelMeta, Registry, ServedModel};
+pub use sessions::StepOutcome;
 pub use sessions::{ExportedState, OpenParams, Session, SessionStore};
 pub use training::{Training, TrainingConfig};
 
@@ -133,6 +135,8 @@ pub struct EngineConfig {
     pub max_predict_steps: usize,
     /// Most memory one Predict may hold (see [`predict::predict_bytes`]).
     pub max_predict_bytes: u64,
+    /// Most bytes of last replies all sessions keep to answer retries.
+    pub max_retained_reply_bytes: u64,
     /// Training jobs: threads, queue and limits.
     pub training: TrainingConfig,
 }
@@ -151,6 +155,7 @@ impl Default for EngineConfig {
             max_predict_sequences: 4096,
             max_predict_steps: 1 << 22,
             max_predict_bytes: 1 << 30,
+            max_retained_reply_bytes: 1 << 30,
             training: TrainingConfig::default(),
         }
     }

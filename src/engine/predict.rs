@@ -2,33 +2,17 @@
 //! lengths are never padded to the longest one: they are sorted by length,
 //! grouped so that a group's lengths are within 2× of each other, and each
 //! group runs in windows of time steps, h carried from window to window, so
-//! one forward call never holds more than [`BATCH_BYTES`] of padded
+//! one forward call never holds more than [`super::rows::BATCH_BYTES`] of padded
 //! activations whatever the request's shape.
 
 use std::cmp::Reverse;
 
-use super::batcher::{forward_rows, RowIn, RowsOut};
+use super::rows::{bytes_per_padded_step, forward_rows, padded_steps_budget, RowIn, RowsOut};
 use super::{EngineError, PredictSeq};
 use crate::model::{GruModel, ModelConfig};
 
-/// Padded activations one forward call may hold (Predict and the step
-/// worker alike). 64 MiB keeps 256 sessions × k = 32 at H = 256 in one batch.
-pub const BATCH_BYTES: usize = 64 << 20;
-
 /// Most rows in one forward call of Predict (the worker has `max_batch`).
 const MAX_GROUP_ROWS: usize = 1024;
-
-/// Bytes one padded step of one row costs a forward call: its input and
-/// output rows and, per layer, the gate pre-activations (3H), the layer's
-/// output (H) and workspace (2H).
-pub fn bytes_per_padded_step(c: &ModelConfig) -> usize {
-    4 * (c.input_size + c.output_dim() + c.num_layers * 6 * c.hidden_size)
-}
-
-/// Padded steps one forward call may hold for this model (at least 1).
-pub fn padded_steps_budget(c: &ModelConfig) -> usize {
-    (BATCH_BYTES / bytes_per_padded_step(c).max(1)).max(1)
-}
 
 /// What a Predict of these sequences holds at its peak: the inputs and
 /// outputs of every step, initial and final states, and one forward call's

@@ -19,6 +19,7 @@ use candle_core::Device;
 use serde::Deserialize;
 
 use super::batcher::Worker;
+use super::replies::ReplyBudget;
 use super::{EngineConfig, EngineError};
 use crate::model::weights::{self, PytorchNames};
 use crate::model::{GruModel, Task};
@@ -60,6 +61,8 @@ pub struct Registry {
     /// Version folders that failed to load, with their newest mtime: a
     /// rescan retries them only once they change.
     failed: Mutex<HashMap<PathBuf, Option<SystemTime>>>,
+    /// Shared by every worker: the bytes of last replies kept for retries.
+    replies: Arc<ReplyBudget>,
 }
 
 /// Model names: non-empty, `[A-Za-z0-9._-]`, not starting with '.' (dot
@@ -139,6 +142,7 @@ impl Registry {
             config: config.clone(),
             changing: Mutex::new(()),
             failed: Mutex::new(HashMap::new()),
+            replies: ReplyBudget::new(config.max_retained_reply_bytes),
         };
         reg.scan()?;
         Ok(reg)
@@ -243,6 +247,7 @@ impl Registry {
             model.clone(),
             self.config.max_batch,
             self.config.queue_capacity,
+            self.replies.clone(),
         )?;
         let served = Arc::new(ServedModel {
             name: name.to_string(),

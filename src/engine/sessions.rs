@@ -16,9 +16,9 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::batcher::StepOutcome;
 use super::ids;
 use super::registry::ServedModel;
+use super::replies::ReplyCharge;
 use super::EngineError;
 
 /// How many expired ids are remembered, so a late step hears "expired"
@@ -37,11 +37,24 @@ pub struct ExportedState {
     pub h: Vec<f32>,
 }
 
-/// The last answered step message, kept to answer its retry.
+/// The result of one step message.
+#[derive(Debug, Clone)]
+pub struct StepOutcome {
+    /// [k × output] row-major.
+    pub outputs: Vec<f32>,
+    pub start_step: u64,
+    pub next_step: u64,
+    /// h after the last step, [layers × hidden].
+    pub state: Vec<f32>,
+}
+
+/// The last answered step message, kept to answer its retry. Its outcome
+/// is kept only while the server-wide reply budget has room for it.
 pub struct LastReply {
     pub start_step: u64,
     pub digest: u64,
-    pub outcome: Arc<StepOutcome>,
+    /// None when the budget was full: a retry is then refused, not replayed.
+    pub kept: Option<(Arc<StepOutcome>, ReplyCharge)>,
 }
 
 pub struct SessionData {
