@@ -745,7 +745,10 @@ async fn drive(
     // --open-rate: paced OpenSession calls over the warm-up and the measurement.
     let opener = (args.open_rate > 0.0).then(|| {
         let mut c = client(chans[0].clone());
-        let (model, every) = (args.model.clone(), Duration::from_secs_f64(1.0 / args.open_rate));
+        let (model, every) = (
+            args.model.clone(),
+            Duration::from_secs_f64(1.0 / args.open_rate),
+        );
         tokio::spawn(async move {
             let mut load = OpenLoad::default();
             let mut tick = tokio::time::interval_at(start.into(), every);
