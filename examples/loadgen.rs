@@ -168,6 +168,16 @@ struct Args {
     /// second (past a full cap each is refused with RESOURCE_EXHAUSTED).
     #[arg(long, default_value_t = 0.0)]
     open_rate: f64,
+    /// What --open-rate sends: OpenSession (refused past a full cap) or, as a
+    /// control of the same RPC rate, GetModel.
+    #[arg(long, value_enum, default_value = "open-session")]
+    rate_rpc: RateRpc,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum, Serialize)]
+enum RateRpc {
+    OpenSession,
+    GetModel,
 }
 
 /// What the --open-rate load got back.
@@ -749,6 +759,7 @@ async fn drive(
             args.model.clone(),
             Duration::from_secs_f64(1.0 / args.open_rate),
         );
+        let rpc = args.rate_rpc;
         tokio::spawn(async move {
             let mut load = OpenLoad::default();
             let mut tick = tokio::time::interval_at(start.into(), every);
@@ -756,14 +767,24 @@ async fn drive(
             while Instant::now() < window.end {
                 tick.tick().await;
                 load.attempted += 1;
-                let r = c
-                    .open_session(pb::OpenSessionRequest {
-                        model: model.clone(),
-                        ..Default::default()
-                    })
-                    .await;
+                let r = match rpc {
+                    RateRpc::OpenSession => c
+                        .open_session(pb::OpenSessionRequest {
+                            model: model.clone(),
+                            ..Default::default()
+                        })
+                        .await
+                        .map(drop),
+                    RateRpc::GetModel => c
+                        .get_model(pb::GetModelRequest {
+                            model: model.clone(),
+                            version: 0,
+                        })
+                        .await
+                        .map(drop),
+                };
                 match r {
-                    Ok(_) => load.opened += 1,
+                    Ok(()) => load.opened += 1,
                     Err(s) if s.code() == tonic::Code::ResourceExhausted => load.refused += 1,
                     Err(_) => load.other_errors += 1,
                 }
@@ -1371,8 +1392,8 @@ fn print_results(r: &Results) {
     println!("CPU (cores busy, this process): {}", cpu.join(", "));
     if let Some(o) = &r.opens {
         println!(
-            "OpenSession load ({} idle sessions held): {} attempted, {} opened, {} refused (RESOURCE_EXHAUSTED), {} other errors",
-            a.idle_sessions, o.attempted, o.opened, o.refused, o.other_errors
+            "{:?} load ({} idle sessions held): {} attempted, {} answered, {} refused (RESOURCE_EXHAUSTED), {} other errors",
+            a.rate_rpc, a.idle_sessions, o.attempted, o.opened, o.refused, o.other_errors
         );
     }
     if let Some(t) = &r.training {

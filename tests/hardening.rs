@@ -784,3 +784,61 @@ async fn replies_past_the_retained_reply_budget_are_not_kept_and_never_reapplied
     assert_eq!((next.start_step, next.next_step), (6, 7));
     server.stop().await;
 }
+
+/// A one-label (TASK_CLASSIFY_LAST) sequence is scored at its last step
+/// only: weights before it are refused over gRPC with INVALID_ARGUMENT naming
+/// the rule (they used to train towards class 0), weights [0, 0, 1] are fine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn classify_last_weights_before_the_last_step_are_invalid_argument() {
+    let dir = small_repo();
+    let server = TestServer::serving(dir.path()).await;
+    let mut t = TrainingServiceClient::new(server.channel.clone());
+    let job = |weights: Vec<f32>| pb::StartTrainingRequest {
+        model: "cls".into(),
+        new_model: Some(pb::ModelSpec {
+            input_size: 1,
+            hidden_size: 4,
+            num_layers: 1,
+            output_size: 3,
+            task: pb::Task::ClassifyLast as i32,
+            ..Default::default()
+        }),
+        hyperparameters: Some(pb::Hyperparameters {
+            epochs: 1,
+            batch_size: 1,
+            ..Default::default()
+        }),
+        sequences: vec![pb::TrainingSequence {
+            inputs: Some(matrix(3, 1, vec![0.1, 0.2, 0.3])),
+            labels: vec![2],
+            step_weights: weights,
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    for bad in [vec![1.0, 0.0, 0.0], vec![1.0, 1.0, 1.0]] {
+        let s = expect_err(
+            "weights before the last step",
+            t.start_training(job(bad.clone())).await,
+        );
+        assert_status(
+            &format!("{bad:?}"),
+            &s,
+            Code::InvalidArgument,
+            &["last step"],
+        );
+    }
+    let id = t
+        .start_training(job(vec![0.0, 0.0, 1.0]))
+        .await
+        .expect("[0, 0, 1]")
+        .into_inner()
+        .job_id;
+    let j = wait_final(&mut t, &id).await;
+    assert_eq!(
+        pb::JobState::try_from(j.state).unwrap(),
+        pb::JobState::Succeeded,
+        "{j:?}"
+    );
+    server.stop().await;
+}
