@@ -394,6 +394,18 @@ async fn wait_final(t: &mut Trainer, id: &str) -> pb::TrainingJob {
     }
 }
 
+async fn start_job(t: &mut Trainer, req: pb::StartTrainingRequest) -> String {
+    t.start_training(req)
+        .await
+        .expect("start training")
+        .into_inner()
+        .job_id
+}
+
+fn assert_state(j: &pb::TrainingJob, want: pb::JobState) {
+    assert_eq!(pb::JobState::try_from(j.state).unwrap(), want, "{j:?}");
+}
+
 fn entries(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(dir)
         .map(|d| {
@@ -486,18 +498,9 @@ async fn a_job_whose_weights_blow_up_fails_and_publishes_nothing() {
         weight_decay: 3e38,
         ..Default::default()
     };
-    let id = t
-        .start_training(sine_job("blowup", h))
-        .await
-        .unwrap()
-        .into_inner()
-        .job_id;
+    let id = start_job(&mut t, sine_job("blowup", h)).await;
     let j = wait_final(&mut t, &id).await;
-    assert_eq!(
-        pb::JobState::try_from(j.state).unwrap(),
-        pb::JobState::Failed,
-        "{j:?}"
-    );
+    assert_state(&j, pb::JobState::Failed);
     assert!(j.error.contains("finite"), "{}", j.error);
     assert_eq!(entries(&dir.path().join("blowup")), Vec::<String>::new());
     let s = expect_err(
@@ -528,12 +531,7 @@ async fn a_job_cut_off_after_its_publish_is_reconciled_as_succeeded() {
         batch_size: 4,
         ..Default::default()
     };
-    let id = t
-        .start_training(sine_job("rec", h))
-        .await
-        .unwrap()
-        .into_inner()
-        .job_id;
+    let id = start_job(&mut t, sine_job("rec", h)).await;
     let done = wait_final(&mut t, &id).await;
     assert_eq!(
         pb::JobState::try_from(done.state).unwrap(),
@@ -556,11 +554,7 @@ async fn a_job_cut_off_after_its_publish_is_reconciled_as_succeeded() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(
-        pb::JobState::try_from(j.state).unwrap(),
-        pb::JobState::Succeeded,
-        "{j:?}"
-    );
+    assert_state(&j, pb::JobState::Succeeded);
     let r = j.result.expect("the result is restored from the version");
     assert_eq!((r.model.as_str(), r.version), ("rec", version));
     assert_eq!(r.epochs_run, done.result.as_ref().unwrap().epochs_run);
@@ -656,12 +650,7 @@ async fn publishing_to_a_full_or_read_only_disk_fails_cleanly() {
             std::fs::remove_file(dir.join("filler")).unwrap();
             mount.read_only();
         }
-        let id = t
-            .start_training(big(model))
-            .await
-            .unwrap()
-            .into_inner()
-            .job_id;
+        let id = start_job(&mut t, big(model)).await;
         let j = wait_final(&mut t, &id).await;
         assert_eq!(
             pb::JobState::try_from(j.state).unwrap(),
@@ -708,36 +697,18 @@ async fn a_version_that_does_not_load_back_is_never_made_visible() {
         batch_size: 4,
         ..Default::default()
     };
-    let id = t
-        .start_training(sine_job("torn", h()))
-        .await
-        .unwrap()
-        .into_inner()
-        .job_id;
+    let id = start_job(&mut t, sine_job("torn", h())).await;
     let j = wait_final(&mut t, &id).await;
-    assert_eq!(
-        pb::JobState::try_from(j.state).unwrap(),
-        pb::JobState::Failed,
-        "{j:?}"
-    );
+    assert_state(&j, pb::JobState::Failed);
     assert!(j.error.contains("does not load"), "{}", j.error);
     assert_eq!(entries(&dir.path().join("torn")), Vec::<String>::new());
     server.stop().await;
 
     let server = TestServer::serving(dir.path()).await;
     let mut t = TrainingServiceClient::new(server.channel.clone());
-    let id = t
-        .start_training(sine_job("torn", h()))
-        .await
-        .unwrap()
-        .into_inner()
-        .job_id;
+    let id = start_job(&mut t, sine_job("torn", h())).await;
     let j = wait_final(&mut t, &id).await;
-    assert_eq!(
-        pb::JobState::try_from(j.state).unwrap(),
-        pb::JobState::Succeeded,
-        "{j:?}"
-    );
+    assert_state(&j, pb::JobState::Succeeded);
     assert_eq!(j.result.unwrap().version, 1);
     assert_eq!(entries(&dir.path().join("torn")), ["1"]);
     server.stop().await;
@@ -835,10 +806,6 @@ async fn classify_last_weights_before_the_last_step_are_invalid_argument() {
         .into_inner()
         .job_id;
     let j = wait_final(&mut t, &id).await;
-    assert_eq!(
-        pb::JobState::try_from(j.state).unwrap(),
-        pb::JobState::Succeeded,
-        "{j:?}"
-    );
+    assert_state(&j, pb::JobState::Succeeded);
     server.stop().await;
 }

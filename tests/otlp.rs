@@ -3,9 +3,8 @@
 //! test, exports one span per RPC, continuing the caller's W3C trace.
 #![cfg(feature = "otlp")]
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 use gru_serve::service::pb;
 use gru_serve::service::pb::gru_service_client::GruServiceClient;
@@ -21,11 +20,10 @@ use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
-use tonic::transport::Channel;
 use tonic::{Code, Request, Response, Status};
-use tonic_health::pb::health_check_response::ServingStatus;
-use tonic_health::pb::health_client::HealthClient;
-use tonic_health::pb::HealthCheckRequest;
+
+mod common;
+use common::process::{free_port, Spawned};
 
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const PARENT_ID: &str = "00f067aa0ba902b7";
@@ -76,47 +74,6 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 /// The server process; killed if the test fails before it stops it.
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-async fn wait_serving(addr: &str) -> Channel {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Ok(ch) = Channel::from_shared(addr.to_string())
-            .unwrap()
-            .connect()
-            .await
-        {
-            let status = HealthClient::new(ch.clone())
-                .check(HealthCheckRequest::default())
-                .await
-                .map(|r| r.into_inner().status);
-            if matches!(status, Ok(s) if s == ServingStatus::Serving as i32) {
-                return ch;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "gru-serve not SERVING within 60 s"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_rpc_is_a_span_in_the_callers_trace() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -129,7 +86,7 @@ async fn each_rpc_is_a_span_in_the_callers_trace() {
     );
 
     let port = free_port();
-    let mut server = Server(
+    let mut server = Spawned(
         Command::new(env!("CARGO_BIN_EXE_gru-serve"))
             .env_clear()
             .args(["--listen", &format!("127.0.0.1:{port}")])
@@ -144,7 +101,9 @@ async fn each_rpc_is_a_span_in_the_callers_trace() {
             .spawn()
             .expect("start gru-serve"),
     );
-    let channel = wait_serving(&format!("http://127.0.0.1:{port}")).await;
+    let channel = server
+        .wait_serving(&format!("http://127.0.0.1:{port}"))
+        .await;
     let mut client = GruServiceClient::new(channel);
 
     // A call inside the caller's trace, and one failing call with no trace.
@@ -166,24 +125,7 @@ async fn each_rpc_is_a_span_in_the_callers_trace() {
 
     // SIGTERM: the server stops serving, then flushes the buffered spans
     // (the batch exporter's timer is 5 s; shutdown must not wait for it).
-    let pid = server.0.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(status) = server.0.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "gru-serve did not exit after SIGTERM"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    assert!(status.success(), "gru-serve exited with {status}");
+    server.terminate().await;
 
     let spans = collector.spans.lock().unwrap().clone();
     let find = |name: &str| {

@@ -6,63 +6,20 @@
 //! answer each (a value or a clear status), stay SERVING, keep stepping a
 //! live session, and exit 0 on SIGTERM.
 
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
 
 use gru_serve::service::pb;
 use gru_serve::service::pb::gru_service_client::GruServiceClient;
-use tonic::transport::{Channel, Endpoint};
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 
+mod common;
+use common::process::{free_port, Spawned};
+
 /// The old ragged Predict wanted 10.5 GB; a healthy server needs far less.
 const ADDRESS_SPACE: u64 = 3 << 30;
-
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-async fn serving(addr: &str, server: &mut Server) -> Channel {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Some(status) = server.0.try_wait().unwrap() {
-            panic!("gru-serve exited before serving: {status}");
-        }
-        if let Ok(ch) = Endpoint::from_shared(addr.to_string())
-            .unwrap()
-            .connect()
-            .await
-        {
-            let status = HealthClient::new(ch.clone())
-                .check(HealthCheckRequest::default())
-                .await
-                .map(|r| r.into_inner().status);
-            if matches!(status, Ok(s) if s == ServingStatus::Serving as i32) {
-                return ch;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "gru-serve not SERVING within 60 s"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 fn rows(n: usize, seed: usize) -> pb::Matrix {
     pb::Matrix {
@@ -77,7 +34,7 @@ fn rows(n: usize, seed: usize) -> pb::Matrix {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn adversarial_requests_under_a_memory_limit_leave_the_server_serving() {
     let port = free_port();
-    let mut server = Server(
+    let mut server = Spawned(
         Command::new("prlimit")
             .arg(format!("--as={ADDRESS_SPACE}"))
             .arg("--")
@@ -96,7 +53,7 @@ async fn adversarial_requests_under_a_memory_limit_leave_the_server_serving() {
             .expect("start gru-serve under prlimit"),
     );
     let addr = format!("http://127.0.0.1:{port}");
-    let channel = serving(&addr, &mut server).await;
+    let channel = server.wait_serving(&addr).await;
     let mut c = GruServiceClient::new(channel.clone())
         .max_decoding_message_size(64 << 20)
         .max_encoding_message_size(64 << 20);
@@ -235,22 +192,5 @@ async fn adversarial_requests_under_a_memory_limit_leave_the_server_serving() {
     .await
     .expect("the live session still steps");
 
-    let pid = server.0.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(status) = server.0.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "gru-serve did not exit after SIGTERM"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    assert!(status.success(), "gru-serve exited with {status}");
+    server.terminate().await;
 }

@@ -84,3 +84,7 @@ pub fn rand_tensor(shape: &[usize], seed: u64, scale: f64) -> Tensor {
 /// The gRPC test harness (server on port 0, model folders, status checks).
 #[cfg(feature = "grpc")]
 pub mod server;
+
+/// The real binary as a child process (port, SERVING, SIGTERM).
+#[cfg(feature = "grpc")]
+pub mod process;
