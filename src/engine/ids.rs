@@ -42,15 +42,7 @@ pub fn check_id(what: &'static str, id: &str) -> Result<(), EngineError> {
     } else {
         None
     };
-    match rule {
-        None => Ok(()),
-        Some(rule) => Err(EngineError::BadId {
-            what,
-            value: id.to_string(),
-            len: id.len(),
-            rule,
-        }),
-    }
+    refuse(what, id, rule)
 }
 
 /// A client key: 1..=256 bytes without control characters.
@@ -62,12 +54,17 @@ pub fn check_key(what: &'static str, key: &str) -> Result<(), EngineError> {
     } else {
         None
     };
+    refuse(what, key, rule)
+}
+
+/// Ok without a broken rule; otherwise the error naming it.
+fn refuse(what: &'static str, value: &str, rule: Option<&'static str>) -> Result<(), EngineError> {
     match rule {
         None => Ok(()),
         Some(rule) => Err(EngineError::BadId {
             what,
-            value: key.to_string(),
-            len: key.len(),
+            value: value.to_string(),
+            len: value.len(),
             rule,
         }),
     }
