@@ -47,15 +47,6 @@ const GATE_K: usize = 1024;
 /// Rounds to run at least, so every session's sequence spans several messages.
 const MIN_ROUNDS: usize = 3;
 
-fn step_req(session: &str, inputs: Vec<f32>, request_id: u64) -> pb::StepRequest {
-    pb::StepRequest {
-        session_id: session.into(),
-        inputs: Some(matrix(inputs.len() / I, I, inputs)),
-        request_id,
-        ..Default::default()
-    }
-}
-
 fn hidden(values: Vec<f32>) -> pb::HiddenState {
     pb::HiddenState {
         num_layers: L as u32,

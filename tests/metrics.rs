@@ -7,7 +7,6 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use gru_serve::service::pb;
 use tonic::Code;
 
 mod common;
@@ -15,15 +14,6 @@ use common::server::*;
 
 /// The small model of `small_repo`: I = 3 inputs.
 const I: usize = 3;
-
-fn step_req(session: &str, inputs: Vec<f32>, request_id: u64) -> pb::StepRequest {
-    pb::StepRequest {
-        session_id: session.into(),
-        inputs: Some(matrix(inputs.len() / I, I, inputs)),
-        request_id,
-        ..Default::default()
-    }
-}
 
 /// GETs `path` from the metrics port: (status line, body).
 async fn http_get(addr: SocketAddr, path: &str) -> (String, String) {

@@ -32,15 +32,6 @@ use common::server::*;
 /// The small model of `small_repo`: I = 3 inputs, head O = 2.
 const I: usize = 3;
 
-fn step_req(session: &str, inputs: Vec<f32>, request_id: u64) -> pb::StepRequest {
-    pb::StepRequest {
-        session_id: session.into(),
-        inputs: Some(matrix(inputs.len() / I, I, inputs)),
-        request_id,
-        ..Default::default()
-    }
-}
-
 async fn serving(config: gru_serve::server::ServerConfig) -> TestServer {
     let s = TestServer::start(config).await;
     s.wait_serving().await;

@@ -205,6 +205,16 @@ pub const TOL: f32 = 1e-6;
 
 // ---------------------------------------------------------------- model repositories
 
+/// A step message for a session on the small model (`small_repo`: 3 inputs).
+pub fn step_req(session: &str, inputs: Vec<f32>, request_id: u64) -> pb::StepRequest {
+    pb::StepRequest {
+        session_id: session.into(),
+        inputs: Some(matrix(inputs.len() / 3, 3, inputs)),
+        request_id,
+        ..Default::default()
+    }
+}
+
 /// A repository holding the small model (I = 3, H = 8, 2 layers, head O = 2) as `m` version 1.
 pub fn small_repo() -> TempDir {
     let dir = TempDir::new().unwrap();
