@@ -46,7 +46,7 @@ USER 10001:10001
 # gRPC (gru.v1, grpc.health.v1, reflection); Prometheus text format on
 # http://<host>:9090/metrics.
 EXPOSE 50051 9090
-# The server drains in-flight requests on SIGTERM (GRU_DRAIN_TIMEOUT_SECS, 10 s
+# The server drains in-flight requests on SIGTERM (GRU_DRAIN_TIMEOUT, 10 s
 # by default): give `docker stop` a longer --time than that.
 STOPSIGNAL SIGTERM
 # Asks grpc.health.v1 on 127.0.0.1:50051; if GRU_LISTEN moves the port, set

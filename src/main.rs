@@ -1,11 +1,10 @@
 //! The gru-serve binary: parse the flags, run the subcommand (`src/commands`).
 
-use clap::Parser;
 use gru_serve::commands;
 use gru_serve::config::{Args, Command};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let args = Args::parse();
+    let args = Args::parse_or_exit();
     match &args.command {
         Some(Command::Health(probe)) => std::process::exit(commands::health(probe)?),
         Some(Command::Export(export)) => commands::export(export),

@@ -98,7 +98,14 @@ check(any(p["containerPort"] == port for p in ctr["ports"]), f"containerPort is 
 for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
     check(ctr[probe].get("grpc", {}).get("port") == port, f"{probe} is a gRPC health probe on {port}")
 
-drain = int(cm["GRU_DRAIN_TIMEOUT_SECS"])
+def seconds(v):
+    # gru-serve's durations: a bare number is seconds, else 500ms / 30s / 10m / 2h.
+    for unit, mult in (("ms", 0.001), ("s", 1), ("m", 60), ("h", 3600)):
+        if v.endswith(unit):
+            return float(v[: -len(unit)]) * mult
+    return float(v)
+
+drain = seconds(cm["GRU_DRAIN_TIMEOUT"])
 pre = ctr["lifecycle"]["preStop"]["exec"]["command"]
 pause = int(pre[1]) if pre[0] == "sleep" else 0
 grace = pod["terminationGracePeriodSeconds"]

@@ -7,7 +7,7 @@
 #   2. makes the Python venv from clients/python/requirements*.txt (reused
 #      while those files are unchanged) and generates the gRPC stubs;
 #   3. starts gru-serve on a copy of models/ on a free loopback port, with
-#      --model-poll-secs 1, and waits until it is SERVING;
+#      --model-poll 1s, and waits until it is SERVING;
 #   4. runs every step: the Rust examples tutorial_stream and tutorial_train,
 #      then tutorial.py stream, train, to-pytorch and from-pytorch. Each step
 #      checks its own numbers and exits non-zero when they are wrong;
@@ -102,13 +102,13 @@ start_server() {
   cp -r models "$work/models"
   port="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
   local flags=(--listen "127.0.0.1:$port" --model-dir "$work/models" --log warn)
-  if [[ -z "$missing_poll" ]]; then flags+=(--model-poll-secs 1); fi
+  if [[ -z "$missing_poll" ]]; then flags+=(--model-poll 1s); fi
   # No Prometheus port: it would clash with any other server on this machine.
   if grep -q -- '--metrics-listen' <<<"$help"; then flags+=(--metrics-listen off); fi
   "$bin" "${flags[@]}" >"$work/server.log" 2>&1 &
   server_pid=$!
   for _ in $(seq 1 150); do
-    if "$bin" health --addr "http://127.0.0.1:$port" --timeout-secs 1 >/dev/null 2>&1; then
+    if "$bin" health --addr "http://127.0.0.1:$port" --timeout 1s >/dev/null 2>&1; then
       echo "SERVING on 127.0.0.1:$port (pid $server_pid)"
       return 0
     fi
@@ -150,7 +150,7 @@ step "build ($profile): gru-serve, tutorial_stream, tutorial_train" build
 missing_export="" missing_poll=""
 help="$("$bin" --help)"
 "$bin" export --help >/dev/null 2>&1 || missing_export="the 'gru-serve export' subcommand"
-grep -q -- '--model-poll-secs' <<<"$help" || missing_poll="the --model-poll-secs flag"
+grep -q -- '--model-poll ' <<<"$help" || missing_poll="the --model-poll flag"
 for m in "$missing_export" "$missing_poll"; do
   [[ -z "$m" ]] || echo "!! this gru-serve lacks $m: the PyTorch steps that need it will fail"
 done

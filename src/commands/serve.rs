@@ -23,11 +23,21 @@ pub fn serve(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         .worker_threads(args.runtime_threads.max(1))
         .enable_all()
         .build()?;
-    runtime.block_on(async {
-        let listener = tokio::net::TcpListener::bind(args.listen).await?;
-        crate::server::run(config, listener, shutdown_signal()).await?;
-        Ok(())
-    })
+    let result = runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .map_err(|e| format!("cannot listen on {} (--listen): {e}", args.listen))?;
+        crate::server::run(config, listener, shutdown_signal())
+            .await
+            .map_err(|e| e.to_string())
+    });
+    // Printed as a sentence, not as main's Debug form (`Os { code: 98, … }`).
+    if let Err(e) = result {
+        tracing::error!(error = %e, "gru-serve stopped");
+        eprintln!("gru-serve: {e}");
+        std::process::exit(1);
+    }
+    Ok(())
 }
 
 /// SIGINT or SIGTERM.

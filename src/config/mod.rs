@@ -1,0 +1,768 @@
+//! Command-line configuration. Every flag has a `GRU_*` environment twin and
+//! a default; `gru-serve --help` is the reference the README quotes. Nothing
+//! else in the program reads the environment (`GRU_AUTH_TOKENS` is read here
+//! too, never shown by `--help`: it holds secrets).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+pub mod units;
+
+use crate::engine::{EngineConfig, TrainingConfig};
+pub use crate::server::telemetry::LogFormat;
+use crate::server::telemetry::OtlpConfig;
+use crate::server::{ServerConfig, TlsFiles};
+use crate::service::auth::Auth;
+
+/// gru-serve: a gRPC server for GRU recurrent models, with server-side session state.
+///
+/// Every flag has a `GRU_*` environment twin (shown as [env: …]). Sizes take
+/// units (`64MiB`, `1GiB`; a bare number is bytes), durations too (`30s`,
+/// `500ms`, `10m`; a bare number is seconds).
+#[derive(Debug, Clone, Parser)]
+#[command(name = "gru-serve", version, about, args_override_self = true)]
+pub struct Args {
+    /// Without a subcommand: serve.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    // ---- Network
+    /// Address to serve gRPC on.
+    #[arg(
+        long,
+        env = "GRU_LISTEN",
+        default_value = "0.0.0.0:50051",
+        help_heading = "Network"
+    )]
+    pub listen: SocketAddr,
+
+    /// Address of the Prometheus /metrics HTTP endpoint; "off" disables it.
+    #[arg(long, env = "GRU_METRICS_LISTEN", default_value = "0.0.0.0:9090", value_parser = parse_listen, help_heading = "Network")]
+    pub metrics_listen: String,
+
+    /// Largest gRPC message, either direction (tonic's default is 4MiB).
+    #[arg(long, env = "GRU_MAX_MESSAGE_BYTES", default_value = "64MiB", value_name = "SIZE", value_parser = units::parse_bytes_usize, help_heading = "Network")]
+    pub max_message_bytes: usize,
+
+    /// Most concurrently open StepStream streams.
+    #[arg(
+        long,
+        env = "GRU_MAX_STREAMS",
+        default_value_t = 4096,
+        help_heading = "Network"
+    )]
+    pub max_streams: usize,
+
+    /// A StepStream quiet this long is ended (sessions stay).
+    #[arg(long, env = "GRU_STREAM_IDLE_TIMEOUT", alias = "stream-idle-timeout-secs", default_value = "5m", value_name = "DURATION", value_parser = units::parse_duration, help_heading = "Network")]
+    pub stream_idle_timeout: Duration,
+
+    /// Deadline of a unary RPC (and of a stream's opening); 0 = none.
+    #[arg(long, env = "GRU_REQUEST_TIMEOUT", alias = "request-timeout-secs", default_value = "2m", value_name = "DURATION", value_parser = units::parse_duration, help_heading = "Network")]
+    pub request_timeout: Duration,
+
+    /// Requests (HTTP/2 streams) one connection may have open at once.
+    #[arg(
+        long,
+        env = "GRU_MAX_STREAMS_PER_CONNECTION",
+        default_value_t = 1024,
+        help_heading = "Network"
+    )]
+    pub max_streams_per_connection: u32,
+
+    /// Interval of HTTP/2 keepalive pings (0 = none); a ping unanswered
+    /// for --http2-keepalive-timeout closes the connection.
+    #[arg(long, env = "GRU_HTTP2_KEEPALIVE", alias = "http2-keepalive-secs", default_value = "30s", value_name = "DURATION", value_parser = units::parse_duration, help_heading = "Network")]
+    pub http2_keepalive: Duration,
+
+    /// How long to wait for a keepalive ping's acknowledgement.
+    #[arg(long, env = "GRU_HTTP2_KEEPALIVE_TIMEOUT", alias = "http2-keepalive-timeout-secs", default_value = "10s", value_name = "DURATION", value_parser = units::parse_duration, help_heading = "Network")]
+    pub http2_keepalive_timeout: Duration,
+
+    /// Threads for the async runtime (network I/O). Compute runs elsewhere.
+    #[arg(
+        long,
+        env = "GRU_RUNTIME_THREADS",
+        default_value_t = 1,
+        help_heading = "Network"
+    )]
+    pub runtime_threads: usize,
+
+    /// How long shutdown waits for in-flight requests.
+    #[arg(long, env = "GRU_DRAIN_TIMEOUT", alias = "drain-timeout-secs", default_value = "10s", value_name = "DURATION", value_parser = units::parse_duration, help_heading = "Network")]
+    pub drain_timeout: Duration,
+
+    // ---- Models
+    /// Model repository: <dir>/<name>/<version>/ holding a native model,
+    /// pytorch.safetensors or model.onnx.
+    #[arg(
+        long,
+        env = "GRU_MODEL_DIR",
+        default_value = "models",
+        help_heading = "Models"
+    )]
+    pub model_dir: PathBuf,
+
+    /// Interval of scans of the model repository for new version folders
+    /// (0 = load only at start). Trained versions appear at once either way.
+    #[arg(long, env = "GRU_MODEL_POLL", alias = "model-poll-secs", default_value = "10s", value_name = "DURATION", value_parser = units::parse_duration, help_heading = "Models")]
+    pub model_poll: Duration,
+
+    /// Compute device: cpu, cuda or cuda:N (CUDA needs a build with `--features cuda`).
+    #[arg(
+        long,
+        env = "GRU_DEVICE",
+        default_value = "cpu",
+        help_heading = "Models"
+    )]
+    pub device: String,
+
+    /// Threads one model's compute may use: a large batched step (over 32 M
+    /// multiply-adds, e.g. 128 sessions x 32 steps at H = 256) is split by
+    /// rows over this many threads. With one step per message the second
+    /// thread only competes with the network threads (BENCHMARKS.md), hence 1.
+    #[arg(
+        long,
+        env = "GRU_COMPUTE_THREADS",
+        default_value_t = 1,
+        help_heading = "Models"
+    )]
+    pub compute_threads: usize,
+
+    // ---- Sessions
+    /// Most live sessions; opening past it gets RESOURCE_EXHAUSTED (never an eviction).
+    #[arg(
+        long,
+        env = "GRU_MAX_SESSIONS",
+        default_value_t = 100_000,
+        help_heading = "Sessions"
+    )]
+    pub max_sessions: usize,
+
+    /// Idle time after which a session expires.
+    #[arg(long, env = "GRU_SESSION_TTL", alias = "session-ttl-secs", default_value = "10m", value_name = "DURATION", value_parser = units::parse_duration, help_heading = "Sessions")]
+    pub session_ttl: Duration,
+
+    /// Most memory of last replies all sessions together keep to answer a
+    /// retried step message exactly once. Past it a reply is not kept, and a
+    /// retry of that message is FAILED_PRECONDITION (its state is readable
+    /// with GetSessionState).
+    #[arg(long, env = "GRU_MAX_RETAINED_REPLY_BYTES", default_value = "1GiB", value_name = "SIZE", value_parser = units::parse_bytes, help_heading = "Sessions")]
+    pub max_retained_reply_bytes: u64,
+
+    // ---- Batching and request limits
+    /// Most sessions one batched step gathers.
+    #[arg(
+        long,
+        env = "GRU_MAX_BATCH",
+        default_value_t = 256,
+        help_heading = "Batching and limits"
+    )]
+    pub max_batch: usize,
+
+    /// Pending step requests per model version before RESOURCE_EXHAUSTED.
+    #[arg(
+        long,
+        env = "GRU_QUEUE_CAPACITY",
+        default_value_t = 4096,
+        help_heading = "Batching and limits"
+    )]
+    pub queue_capacity: usize,
+
+    /// Most rows (steps) in one step message.
+    #[arg(
+        long,
+        env = "GRU_MAX_STEPS_PER_MESSAGE",
+        default_value_t = 4096,
+        help_heading = "Batching and limits"
+    )]
+    pub max_steps_per_message: usize,
+
+    /// Most sequences in one Predict request.
+    #[arg(
+        long,
+        env = "GRU_MAX_PREDICT_SEQUENCES",
+        default_value_t = 4096,
+        help_heading = "Batching and limits"
+    )]
+    pub max_predict_sequences: usize,
+
+    /// Most total steps in one Predict request.
+    #[arg(long, env = "GRU_MAX_PREDICT_STEPS", default_value_t = 1 << 22, help_heading = "Batching and limits")]
+    pub max_predict_steps: usize,
+
+    /// Most memory one Predict may hold: its inputs and outputs, states and
+    /// one forward call's working set (sequences are grouped by length and
+    /// run in windows, never padded to the longest). Past it:
+    /// RESOURCE_EXHAUSTED naming the need.
+    #[arg(long, env = "GRU_MAX_PREDICT_BYTES", default_value = "1GiB", value_name = "SIZE", value_parser = units::parse_bytes, help_heading = "Batching and limits")]
+    pub max_predict_bytes: u64,
+
+    // ---- Training
+    /// Training jobs that run at once; more wait in a queue.
+    #[arg(
+        long,
+        env = "GRU_TRAINING_JOBS",
+        default_value_t = 1,
+        help_heading = "Training"
+    )]
+    pub training_jobs: usize,
+
+    /// Compute threads of each running training job (apart from the serving workers).
+    #[arg(
+        long,
+        env = "GRU_TRAINING_THREADS",
+        default_value_t = 1,
+        help_heading = "Training"
+    )]
+    pub training_threads: usize,
+
+    /// Training jobs that may wait; past it StartTraining is RESOURCE_EXHAUSTED.
+    #[arg(
+        long,
+        env = "GRU_TRAINING_QUEUE",
+        default_value_t = 16,
+        help_heading = "Training"
+    )]
+    pub training_queue: usize,
+
+    /// Largest training dataset (4 bytes per value).
+    #[arg(long, env = "GRU_MAX_DATASET_BYTES", default_value = "1GiB", value_name = "SIZE", value_parser = units::parse_bytes, help_heading = "Training")]
+    pub max_dataset_bytes: u64,
+
+    /// Longest training sequence, in steps.
+    #[arg(
+        long,
+        env = "GRU_MAX_TRAIN_SEQUENCE_LEN",
+        default_value_t = 100_000,
+        help_heading = "Training"
+    )]
+    pub max_train_sequence_len: usize,
+
+    /// Largest model (parameters) a training job may create.
+    #[arg(
+        long,
+        env = "GRU_MAX_MODEL_PARAMETERS",
+        default_value_t = 50_000_000,
+        help_heading = "Training"
+    )]
+    pub max_model_parameters: usize,
+
+    /// Most memory one training mini-batch may need (batch_size sequences
+    /// padded to the longest, with the BPTT cache); past it StartTraining
+    /// is RESOURCE_EXHAUSTED.
+    #[arg(long, env = "GRU_MAX_TRAINING_BATCH_BYTES", default_value = "2GiB", value_name = "SIZE", value_parser = units::parse_bytes, help_heading = "Training")]
+    pub max_training_batch_bytes: u64,
+
+    /// OS niceness of training threads (Linux), so serving keeps the CPU it needs.
+    #[arg(
+        long,
+        env = "GRU_TRAINING_NICE",
+        default_value_t = 10,
+        help_heading = "Training"
+    )]
+    pub training_nice: i32,
+
+    // ---- Security
+    /// TLS certificate chain (PEM) for the gRPC port; with --tls-key turns TLS on.
+    #[arg(
+        long,
+        env = "GRU_TLS_CERT",
+        requires = "tls_key",
+        help_heading = "Security"
+    )]
+    pub tls_cert: Option<PathBuf>,
+
+    /// TLS private key (PEM).
+    #[arg(
+        long,
+        env = "GRU_TLS_KEY",
+        requires = "tls_cert",
+        help_heading = "Security"
+    )]
+    pub tls_key: Option<PathBuf>,
+
+    /// CA (PEM) that client certificates must chain to; set = mutual TLS required.
+    #[arg(
+        long,
+        env = "GRU_TLS_CLIENT_CA",
+        requires = "tls_cert",
+        help_heading = "Security"
+    )]
+    pub tls_client_ca: Option<PathBuf>,
+
+    /// Bearer tokens, one `NAME TOKEN [admin]` per line; set = authentication
+    /// on (also GRU_AUTH_TOKENS, `;`-separated). Training needs an admin token.
+    #[arg(long, env = "GRU_AUTH_TOKENS_FILE", help_heading = "Security")]
+    pub auth_tokens_file: Option<PathBuf>,
+
+    // ---- Observability
+    /// Log format.
+    #[arg(
+        long,
+        env = "GRU_LOG_FORMAT",
+        value_enum,
+        default_value = "text",
+        help_heading = "Observability"
+    )]
+    pub log_format: LogFormat,
+
+    /// Log filter (tracing EnvFilter syntax).
+    #[arg(
+        long,
+        env = "GRU_LOG",
+        default_value = "info",
+        help_heading = "Observability"
+    )]
+    pub log: String,
+
+    /// OpenTelemetry collector to export traces to over OTLP/gRPC, e.g.
+    /// http://otel-collector:4317 (unset = no export). Each RPC is a span,
+    /// child of the caller's W3C `traceparent`.
+    #[arg(long, env = "GRU_OTLP_ENDPOINT", help_heading = "Observability")]
+    pub otlp_endpoint: Option<String>,
+
+    /// `service.name` of the exported spans.
+    #[arg(
+        long,
+        env = "GRU_OTLP_SERVICE_NAME",
+        default_value = "gru-serve",
+        help_heading = "Observability"
+    )]
+    pub otlp_service_name: String,
+
+    /// Fraction of new traces exported, 0 to 1; a caller's traceparent
+    /// sampled flag decides for its own traces.
+    #[arg(long, env = "GRU_OTLP_SAMPLE_RATIO", default_value_t = 1.0, value_parser = parse_fraction, help_heading = "Observability")]
+    pub otlp_sample_ratio: f64,
+}
+
+fn parse_fraction(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.0..=1.0).contains(&v) => Ok(v),
+        _ => Err(format!("'{s}': expected a number from 0 to 1")),
+    }
+}
+
+/// Subcommands besides serving.
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Asks a running server's grpc.health.v1 service whether it is SERVING;
+    /// exits 0 if so, 1 if not or unreachable (for Docker HEALTHCHECK and
+    /// exec probes).
+    Health(HealthArgs),
+    /// Writes a model version of the repository as a PyTorch state dict
+    /// (safetensors: `gru.weight_ih_l0` … for `nn.GRU(batch_first=True)`,
+    /// `head.weight`/`head.bias` for `nn.Linear`) and prints its config as
+    /// JSON. PyTorch's GRU is the after_matmul reset mode.
+    Export(ExportArgs),
+}
+
+/// Flags of `gru-serve health`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct HealthArgs {
+    /// Server to ask: host:port, http://host:port or https://host:port.
+    #[arg(long, env = "GRU_HEALTH_ADDR", default_value = "127.0.0.1:50051")]
+    pub addr: String,
+    /// Service name to check ("" = the whole server).
+    #[arg(long, env = "GRU_HEALTH_SERVICE", default_value = "")]
+    pub service: String,
+    /// How long to wait for an answer.
+    #[arg(long, env = "GRU_HEALTH_TIMEOUT", alias = "timeout-secs", default_value = "3s", value_name = "DURATION", value_parser = units::parse_duration)]
+    pub timeout: Duration,
+    /// CA (PEM) to verify the server's certificate: set = connect with TLS.
+    #[arg(long, env = "GRU_HEALTH_CA")]
+    pub ca: Option<PathBuf>,
+    /// Name the server's certificate must carry (default: the address' host).
+    #[arg(long, env = "GRU_HEALTH_TLS_DOMAIN")]
+    pub tls_domain: Option<String>,
+    /// Client certificate and key (PEM) when the server requires mutual TLS.
+    #[arg(long, env = "GRU_HEALTH_CLIENT_CERT", requires = "client_key")]
+    pub client_cert: Option<PathBuf>,
+    #[arg(long, env = "GRU_HEALTH_CLIENT_KEY", requires = "client_cert")]
+    pub client_key: Option<PathBuf>,
+}
+
+/// Flags of `gru-serve export`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ExportArgs {
+    /// Model repository.
+    #[arg(long, env = "GRU_MODEL_DIR", default_value = "models")]
+    pub model_dir: PathBuf,
+    /// Model name.
+    #[arg(long, env = "GRU_EXPORT_MODEL")]
+    pub model: String,
+    /// Version (default: the latest).
+    #[arg(long, env = "GRU_EXPORT_VERSION")]
+    pub version: Option<u64>,
+    /// Output file.
+    #[arg(long, env = "GRU_EXPORT_OUT")]
+    pub out: PathBuf,
+    /// Key prefix of the GRU tensors.
+    #[arg(long, env = "GRU_EXPORT_GRU_PREFIX", default_value = "gru.")]
+    pub gru_prefix: String,
+    /// Key prefix of the head tensors.
+    #[arg(long, env = "GRU_EXPORT_HEAD_PREFIX", default_value = "head.")]
+    pub head_prefix: String,
+}
+
+/// Environment names of flags renamed when durations took units: (old
+/// variable, new variable, flag, whether the flag is `health`'s). Still
+/// read (a bare number is seconds, as before), with a note on stderr.
+const RENAMED_ENV: [(&str, &str, &str, bool); 8] = [
+    ("GRU_MODEL_POLL_SECS", "GRU_MODEL_POLL", "model-poll", false),
+    (
+        "GRU_SESSION_TTL_SECS",
+        "GRU_SESSION_TTL",
+        "session-ttl",
+        false,
+    ),
+    (
+        "GRU_STREAM_IDLE_TIMEOUT_SECS",
+        "GRU_STREAM_IDLE_TIMEOUT",
+        "stream-idle-timeout",
+        false,
+    ),
+    (
+        "GRU_REQUEST_TIMEOUT_SECS",
+        "GRU_REQUEST_TIMEOUT",
+        "request-timeout",
+        false,
+    ),
+    (
+        "GRU_HTTP2_KEEPALIVE_SECS",
+        "GRU_HTTP2_KEEPALIVE",
+        "http2-keepalive",
+        false,
+    ),
+    (
+        "GRU_HTTP2_KEEPALIVE_TIMEOUT_SECS",
+        "GRU_HTTP2_KEEPALIVE_TIMEOUT",
+        "http2-keepalive-timeout",
+        false,
+    ),
+    (
+        "GRU_DRAIN_TIMEOUT_SECS",
+        "GRU_DRAIN_TIMEOUT",
+        "drain-timeout",
+        false,
+    ),
+    (
+        "GRU_HEALTH_TIMEOUT_SECS",
+        "GRU_HEALTH_TIMEOUT",
+        "timeout",
+        true,
+    ),
+];
+
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+impl Args {
+    /// Parses the process's arguments and environment; on an error prints
+    /// it (naming the environment variable when the bad value came from
+    /// one) and exits with status 2, as clap does.
+    pub fn parse_or_exit() -> Args {
+        let (args, notes) = Args::parse_with_notes(std::env::args_os().collect());
+        for n in notes {
+            eprintln!("gru-serve: {n}");
+        }
+        args.unwrap_or_else(|e| e.exit())
+    }
+
+    /// [`Args::parse_or_exit`] without the exit: the flags, and notes to
+    /// print (renamed variables in use).
+    pub fn parse_with_notes(
+        mut argv: Vec<std::ffi::OsString>,
+    ) -> (Result<Args, clap::Error>, Vec<String>) {
+        use clap::{CommandFactory, FromArgMatches};
+        let mut notes = Vec::new();
+        // A renamed variable becomes a flag placed first, so a flag on the
+        // command line still wins (args_override_self) and the new variable
+        // wins over the old. `health`'s flag goes after the subcommand.
+        let health = argv.iter().position(|a| a == "health");
+        for (old, new, flag, of_health) in RENAMED_ENV {
+            let at = match (of_health, health) {
+                (false, None) => 1,
+                (true, Some(p)) => p + 1,
+                _ => continue,
+            };
+            if let (Some(v), None) = (env(old), env(new)) {
+                notes.push(format!(
+                    "{old} is read as {new}, its new name (a bare number is seconds)"
+                ));
+                argv.insert(at.min(argv.len()), format!("--{flag}={v}").into());
+            }
+        }
+        let args = Args::command()
+            .try_get_matches_from(argv.clone())
+            .and_then(|m| Args::from_arg_matches(&m))
+            .map_err(|e| name_env_in_error(e, &argv));
+        (args, notes)
+    }
+}
+
+/// clap names the flag of a bad value even when the value came from its
+/// environment twin; say which variable held it.
+fn name_env_in_error(e: clap::Error, argv: &[std::ffi::OsString]) -> clap::Error {
+    use clap::error::{ContextKind, ContextValue};
+    use clap::CommandFactory;
+    let (Some(ContextValue::String(arg)), Some(ContextValue::String(value))) = (
+        e.get(ContextKind::InvalidArg),
+        e.get(ContextKind::InvalidValue),
+    ) else {
+        return e;
+    };
+    let long = arg
+        .split_whitespace()
+        .next()
+        .unwrap_or("")
+        .trim_start_matches("--");
+    let given = |a: &std::ffi::OsString| {
+        a.to_str()
+            .and_then(|a| a.strip_prefix("--"))
+            .is_some_and(|a| a == long || a.strip_prefix(long).is_some_and(|r| r.starts_with('=')))
+    };
+    if argv.iter().any(given) {
+        return e;
+    }
+    let root = Args::command();
+    let var = std::iter::once(&root)
+        .chain(root.get_subcommands())
+        .flat_map(|c| c.get_arguments())
+        .filter(|a| a.get_long() == Some(long))
+        .filter_map(|a| a.get_env()?.to_str().map(str::to_string))
+        .find(|v| env(v).as_deref() == Some(value.as_str()));
+    let Some(var) = var else { return e };
+    let why = std::error::Error::source(&e)
+        .map(|s| format!(": {s}"))
+        .unwrap_or_default();
+    Args::command().error(
+        clap::error::ErrorKind::ValueValidation,
+        format!("invalid value '{value}' in the environment variable {var} (for --{long}){why}"),
+    )
+}
+
+/// `cpu`, `cuda` (= `cuda:0`) or `cuda:N`, opened.
+pub fn open_device(spec: &str) -> Result<candle_core::Device, String> {
+    let ordinal = match spec {
+        "cpu" => return Ok(candle_core::Device::Cpu),
+        "cuda" => 0,
+        s => match s
+            .strip_prefix("cuda:")
+            .and_then(|n| n.parse::<usize>().ok())
+        {
+            Some(n) => n,
+            None => return Err(format!("--device '{spec}': expected cpu, cuda or cuda:N")),
+        },
+    };
+    if !candle_core::utils::cuda_is_available() {
+        return Err(format!(
+            "--device {spec}: this build has no CUDA support; rebuild with `--features cuda` (or use --device cpu)"
+        ));
+    }
+    candle_core::Device::new_cuda(ordinal).map_err(|e| format!("--device {spec}: {e}"))
+}
+
+/// The URI a client connects to, from what people type: `host:port`
+/// (http, or https when `tls`), `http://host:port` or `https://host:port`.
+/// Every client of ours takes `--addr` through this: the `health` probe,
+/// the examples, the load generator.
+pub fn endpoint_uri(addr: &str, tls: bool) -> Result<String, String> {
+    let addr = addr.trim();
+    let (scheme, rest) = match addr.split_once("://") {
+        Some((s @ ("http" | "https"), rest)) => (s, rest),
+        Some((s, _)) => {
+            return Err(format!(
+                "address '{addr}': scheme '{s}' is not http or https (or give host:port)"
+            ))
+        }
+        None => (if tls { "https" } else { "http" }, addr),
+    };
+    let host_port = rest.trim_end_matches('/');
+    let port_ok = host_port
+        .rsplit_once(':')
+        .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
+    if !port_ok {
+        return Err(format!(
+            "address '{addr}': expected host:port, http://host:port or https://host:port"
+        ));
+    }
+    Ok(format!("{scheme}://{host_port}"))
+}
+
+/// "off" or a socket address.
+fn parse_listen(s: &str) -> Result<String, String> {
+    if s == "off" || s.parse::<SocketAddr>().is_ok() {
+        Ok(s.to_string())
+    } else {
+        Err(format!(
+            "'{s}' is neither \"off\" nor an address like 0.0.0.0:9090"
+        ))
+    }
+}
+
+impl Args {
+    fn metrics_addr(&self) -> Option<SocketAddr> {
+        match self.metrics_listen.as_str() {
+            "off" => None,
+            a => a.parse().ok(),
+        }
+    }
+
+    /// Trace export settings, when `--otlp-endpoint` is set.
+    pub fn otlp(&self) -> Option<OtlpConfig> {
+        self.otlp_endpoint.as_ref().map(|endpoint| OtlpConfig {
+            endpoint: endpoint.clone(),
+            service_name: self.otlp_service_name.clone(),
+            sample_ratio: self.otlp_sample_ratio,
+        })
+    }
+
+    /// The server's settings; fails (naming the flag) when a device cannot be opened.
+    pub fn server_config(&self) -> Result<ServerConfig, String> {
+        Ok(ServerConfig {
+            engine: EngineConfig {
+                model_dir: self.model_dir.clone(),
+                device: open_device(&self.device)?,
+                model_poll: self.model_poll,
+                max_sessions: self.max_sessions,
+                session_ttl: self.session_ttl,
+                max_batch: self.max_batch,
+                queue_capacity: self.queue_capacity,
+                max_steps_per_message: self.max_steps_per_message,
+                max_predict_sequences: self.max_predict_sequences,
+                max_predict_steps: self.max_predict_steps,
+                max_predict_bytes: self.max_predict_bytes,
+                max_retained_reply_bytes: self.max_retained_reply_bytes,
+                training: TrainingConfig {
+                    max_concurrent_jobs: self.training_jobs,
+                    threads_per_job: self.training_threads,
+                    max_queued_jobs: self.training_queue,
+                    max_dataset_bytes: self.max_dataset_bytes,
+                    max_sequence_len: self.max_train_sequence_len,
+                    max_model_parameters: self.max_model_parameters,
+                    max_batch_bytes: self.max_training_batch_bytes,
+                    nice: self.training_nice,
+                    ..TrainingConfig::default()
+                },
+            },
+            max_message_bytes: self.max_message_bytes,
+            max_streams: self.max_streams,
+            drain_timeout: self.drain_timeout,
+            metrics_listen: self.metrics_addr(),
+            tls: match (&self.tls_cert, &self.tls_key) {
+                (Some(cert), Some(key)) => Some(TlsFiles {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                    client_ca: self.tls_client_ca.clone(),
+                }),
+                _ => None,
+            },
+            auth: Auth::load(
+                self.auth_tokens_file.as_deref(),
+                std::env::var("GRU_AUTH_TOKENS").ok().as_deref(),
+            )?,
+            stream_idle_timeout: self.stream_idle_timeout.max(Duration::from_secs(1)),
+            request_timeout: (!self.request_timeout.is_zero()).then_some(self.request_timeout),
+            max_concurrent_streams_per_connection: self.max_streams_per_connection.max(1),
+            http2_keepalive_interval: (!self.http2_keepalive.is_zero())
+                .then_some(self.http2_keepalive),
+            http2_keepalive_timeout: self.http2_keepalive_timeout,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn c_args_otlp(flags: &[&str]) -> Option<OtlpConfig> {
+        let mut argv = vec!["gru-serve"];
+        argv.extend_from_slice(flags);
+        Args::try_parse_from(argv).unwrap().otlp()
+    }
+
+    #[test]
+    fn devices_parse_and_cuda_needs_the_feature() {
+        assert!(matches!(open_device("cpu"), Ok(candle_core::Device::Cpu)));
+        let bad = open_device("gpu").unwrap_err();
+        assert!(bad.contains("expected cpu, cuda or cuda:N"), "{bad}");
+        assert!(open_device("cuda:x").is_err());
+        #[cfg(not(feature = "cuda"))]
+        for spec in ["cuda", "cuda:1"] {
+            let e = open_device(spec).unwrap_err();
+            assert!(e.contains("--features cuda"), "{e}");
+        }
+    }
+
+    #[test]
+    fn defaults_build_a_config_and_bad_flags_are_refused() {
+        let args = Args::try_parse_from(["gru-serve"]).unwrap();
+        let c = args.server_config().unwrap();
+        assert_eq!(c.metrics_listen, Some("0.0.0.0:9090".parse().unwrap()));
+        assert_eq!(c.engine.training.max_concurrent_jobs, 1);
+        let off = Args::try_parse_from(["gru-serve", "--metrics-listen", "off"]).unwrap();
+        assert_eq!(off.server_config().unwrap().metrics_listen, None);
+        assert!(Args::try_parse_from(["gru-serve", "--metrics-listen", "nine"]).is_err());
+        assert_eq!(c_args_otlp(&[]), None);
+        let o = c_args_otlp(&[
+            "--otlp-endpoint",
+            "http://c:4317",
+            "--otlp-sample-ratio",
+            "0.25",
+        ])
+        .unwrap();
+        assert_eq!(
+            (o.endpoint.as_str(), o.service_name.as_str(), o.sample_ratio),
+            ("http://c:4317", "gru-serve", 0.25)
+        );
+        for bad in ["1.5", "-0.1", "half"] {
+            assert!(Args::try_parse_from(["gru-serve", "--otlp-sample-ratio", bad]).is_err());
+        }
+    }
+
+    #[test]
+    fn durations_and_sizes_take_units_and_the_old_flag_names_still_parse() {
+        let a = Args::try_parse_from([
+            "gru-serve",
+            "--session-ttl",
+            "90s",
+            "--max-predict-bytes",
+            "64MiB",
+            "--drain-timeout-secs",
+            "7",
+            "--request-timeout",
+            "0",
+        ])
+        .unwrap();
+        assert_eq!(a.session_ttl, Duration::from_secs(90));
+        assert_eq!(a.max_predict_bytes, 64 << 20);
+        assert_eq!(a.drain_timeout, Duration::from_secs(7));
+        let c = a.server_config().unwrap();
+        assert_eq!(c.request_timeout, None, "0 = no deadline, as before");
+        let old = Args::try_parse_from(["gru-serve", "--session-ttl-secs", "600"]).unwrap();
+        assert_eq!(old.session_ttl, Duration::from_secs(600));
+        // A later flag wins over an earlier one (renamed variables go first).
+        let both =
+            Args::try_parse_from(["gru-serve", "--model-poll=5", "--model-poll", "1s"]).unwrap();
+        assert_eq!(both.model_poll, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn addresses_are_host_port_or_http_urls() {
+        let ok = |a: &str, tls| endpoint_uri(a, tls).unwrap();
+        assert_eq!(ok("127.0.0.1:50051", false), "http://127.0.0.1:50051");
+        assert_eq!(ok("localhost:50051", true), "https://localhost:50051");
+        assert_eq!(ok("http://h:1/", false), "http://h:1");
+        assert_eq!(ok("https://h:1", false), "https://h:1");
+        assert_eq!(ok("[::1]:50051", false), "http://[::1]:50051");
+        for bad in ["", "h", "h:port", ":1", "ftp://h:1", "http://h"] {
+            assert!(endpoint_uri(bad, false).is_err(), "{bad}");
+        }
+    }
+}
