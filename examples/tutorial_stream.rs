@@ -20,8 +20,8 @@ type Error = Box<dyn std::error::Error>;
 
 #[derive(Parser)]
 struct Args {
-    /// The server.
-    #[arg(long, default_value = "http://127.0.0.1:50051")]
+    /// The server: host:port, http://host:port or https://host:port.
+    #[arg(long, env = "GRU_ADDR", default_value = "127.0.0.1:50051")]
     addr: String,
     #[arg(long, default_value = "sine")]
     model: String,
@@ -39,7 +39,8 @@ struct Args {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Error> {
     let args = Args::parse();
-    let mut client = GruServiceClient::connect(args.addr.clone()).await?;
+    let addr = gru_serve::config::endpoint_uri(&args.addr, false)?;
+    let mut client = GruServiceClient::connect(addr.clone()).await?;
 
     // What is this model? Sizes, reset mode and a description of its inputs.
     let info = client

@@ -29,7 +29,8 @@ type Error = Box<dyn std::error::Error>;
 
 #[derive(Parser)]
 struct Args {
-    #[arg(long, default_value = "http://127.0.0.1:50051")]
+    /// The server: host:port, http://host:port or https://host:port.
+    #[arg(long, env = "GRU_ADDR", default_value = "127.0.0.1:50051")]
     addr: String,
     /// The model to publish into (a new name, or a new version of an old one).
     #[arg(long, default_value = "sine-tutorial")]
@@ -69,8 +70,9 @@ fn column(values: &[f32]) -> pb::Matrix {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Error> {
     let args = Args::parse();
-    let mut training = TrainingServiceClient::connect(args.addr.clone()).await?;
-    let mut serving = GruServiceClient::connect(args.addr.clone()).await?;
+    let addr = gru_serve::config::endpoint_uri(&args.addr, false)?;
+    let mut training = TrainingServiceClient::connect(addr.clone()).await?;
+    let mut serving = GruServiceClient::connect(addr.clone()).await?;
 
     // 1. Data: 1000 sequences of 20..60 steps; the target is the input shifted by one.
     let mut rng = rand::rngs::StdRng::seed_from_u64(1);

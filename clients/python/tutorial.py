@@ -21,8 +21,12 @@ import sys
 import tempfile
 import time
 
-import grpc
-import numpy as np
+try:
+    import grpc
+    import numpy as np
+except ImportError as e:
+    sys.exit(f"tutorial.py: missing Python package '{e.name}': "
+             "pip install -r clients/python/requirements.txt")
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
@@ -228,7 +232,7 @@ def cmd_from_pytorch(args, channel):
     os.rename(tmp, os.path.join(model_dir, str(version)))
     print(f"wrote {model_dir}/{version}/pytorch.safetensors + serving.json")
 
-    # The server picks new version folders up every --model-poll-secs.
+    # The server picks new version folders up every --model-poll.
     written = time.monotonic()
     deadline = written + args.wait_secs
     while True:
@@ -238,7 +242,7 @@ def cmd_from_pytorch(args, channel):
         except grpc.RpcError as e:
             if e.code() != grpc.StatusCode.NOT_FOUND or time.monotonic() > deadline:
                 sys.exit(f"FAILED: {args.model} v{version} was not served within "
-                         f"{args.wait_secs} s (is the server running with --model-poll-secs?): "
+                         f"{args.wait_secs} s (is the server running with --model-poll?): "
                          f"{e.details()}")
             time.sleep(0.2)
     print(f"served after {time.monotonic() - written:.1f} s: {info.name} v{info.version} "
@@ -249,35 +253,66 @@ def cmd_from_pytorch(args, channel):
     compare(stub, args.model, version, net, 1)
 
 
+def parse_addr(addr):
+    """host:port, http://host:port or https://host:port -> (target, use TLS)."""
+    for scheme, tls in (("http://", False), ("https://", True)):
+        if addr.startswith(scheme):
+            return addr[len(scheme):].rstrip("/"), tls
+    if "://" in addr:
+        sys.exit(f"tutorial.py: address '{addr}': use host:port, http://host:port or https://host:port")
+    return addr, False
+
+
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--addr", default="127.0.0.1:50051", help="the server (host:port)")
+    # --addr may come before or after the subcommand (a parent parser whose
+    # default is SUPPRESS, so the subcommand's absent flag does not reset it).
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--addr", default=argparse.SUPPRESS,
+                        help="the server: host:port, http://host:port or https://host:port "
+                             "(default 127.0.0.1:50051, or $GRU_ADDR)")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], parents=[common])
+    parser.set_defaults(addr=os.environ.get("GRU_ADDR", "127.0.0.1:50051"))
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("stream", help="stream a sine through the default model")
+    p = sub.add_parser("stream", parents=[common], help="stream a sine through the default model")
     p.add_argument("--model", default="sine")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--max-mse", type=float, default=0.002)
-    p = sub.add_parser("train", help="train over gRPC, watch the loss, stream the result")
+    p = sub.add_parser("train", parents=[common],
+                       help="train over gRPC, watch the loss, stream the result")
     p.add_argument("--model", default="sine-tutorial")
     p.add_argument("--epochs", type=int, default=40)
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--max-mse", type=float, default=0.006)
-    p = sub.add_parser("to-pytorch", help="export served weights into torch.nn.GRU and compare")
+    p = sub.add_parser("to-pytorch", parents=[common],
+                       help="export served weights into torch.nn.GRU and compare")
     p.add_argument("--model", default="sine")
     p.add_argument("--version", type=int, default=0, help="0 = the latest")
     p.add_argument("--model-dir", default=os.path.join(ROOT, "models"))
     p.add_argument("--gru-serve", default=shutil.which("gru-serve")
                    or os.path.join(ROOT, "target", "release", "gru-serve"))
-    p = sub.add_parser("from-pytorch", help="serve a torch.nn.GRU and compare")
+    p = sub.add_parser("from-pytorch", parents=[common], help="serve a torch.nn.GRU and compare")
     p.add_argument("--model", default="sine-torch")
     p.add_argument("--model-dir", default=os.path.join(ROOT, "models"))
     p.add_argument("--iterations", type=int, default=200)
     p.add_argument("--wait-secs", type=float, default=30)
     args = parser.parse_args()
-    addr = args.addr.removeprefix("http://")
-    with grpc.insecure_channel(addr, options=[("grpc.max_receive_message_length", 64 << 20)]) as ch:
-        grpc.channel_ready_future(ch).result(timeout=10)
+    if args.command in ("to-pytorch", "from-pytorch"):
+        try:
+            import torch  # noqa: F401  (checked up front: one clear line, not a traceback)
+        except ImportError:
+            sys.exit(f"tutorial.py: '{args.command}' needs PyTorch: "
+                     "pip install -r clients/python/requirements-torch.txt")
+    target, tls = parse_addr(args.addr)
+    options = [("grpc.max_receive_message_length", 64 << 20)]
+    channel = (grpc.secure_channel(target, grpc.ssl_channel_credentials(), options=options)
+               if tls else grpc.insecure_channel(target, options=options))
+    with channel as ch:
+        try:
+            grpc.channel_ready_future(ch).result(timeout=10)
+        except grpc.FutureTimeoutError:
+            sys.exit(f"tutorial.py: no gru-serve answering at {args.addr} within 10 s "
+                     "(is it running? start one with: cargo run --release)")
         {"stream": cmd_stream, "train": cmd_train, "to-pytorch": cmd_to_pytorch,
          "from-pytorch": cmd_from_pytorch}[args.command](args, ch)
 

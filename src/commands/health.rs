@@ -1,9 +1,7 @@
 //! `gru-serve health`: asks a running server whether it is SERVING.
 
-use std::time::Duration;
-
 use crate::config::HealthArgs;
-use crate::server::{check_health, ProbeTls};
+use crate::server::{probe_health, Health, ProbeTls};
 
 /// Prints SERVING or NOT_SERVING (or why the probe failed) and returns the
 /// process's exit code: 0 when serving, 1 otherwise.
@@ -17,19 +15,22 @@ pub fn health(args: &HealthArgs) -> std::io::Result<i32> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let timeout = Duration::from_secs(args.timeout_secs);
-    let code = match runtime.block_on(check_health(
+    let timeout = args.timeout;
+    let code = match runtime.block_on(probe_health(
         &args.addr,
         &args.service,
         timeout,
         tls.as_ref(),
     )) {
-        Ok(true) => {
+        Ok(Health::Serving) => {
             println!("SERVING");
             0
         }
-        Ok(false) => {
-            println!("NOT_SERVING");
+        Ok(Health::NotServing(why)) => {
+            match why {
+                Some(why) => println!("NOT_SERVING: {why}"),
+                None => println!("NOT_SERVING"),
+            }
             1
         }
         Err(e) => {

@@ -59,17 +59,28 @@ pub struct ProbeTls {
     pub client: Option<(std::path::PathBuf, std::path::PathBuf)>,
 }
 
-/// The `gru-serve health` probe: asks `addr`'s grpc.health.v1 Check for
-/// `service` and says whether it answered SERVING. Errors name what failed
-/// (bad address, unreachable, timeout, unknown service, TLS files).
+/// Asks `addr`'s grpc.health.v1 Check for `service` and says whether it
+/// answered SERVING. Errors name what failed (bad address, unreachable,
+/// timeout, unknown service, TLS files).
 pub async fn check_health(
     addr: &str,
     service: &str,
     timeout: Duration,
     tls: Option<&ProbeTls>,
 ) -> Result<bool, String> {
+    Ok(probe_health(addr, service, timeout, tls).await? == Health::Serving)
+}
+
+/// The `gru-serve health` probe: [`check_health`], and if not SERVING, why.
+pub async fn probe_health(
+    addr: &str,
+    service: &str,
+    timeout: Duration,
+    tls: Option<&ProbeTls>,
+) -> Result<Health, String> {
     use tonic_health::pb::health_check_response::ServingStatus as Wire;
-    let mut endpoint = tonic::transport::Endpoint::from_shared(addr.to_string())
+    let uri = crate::config::endpoint_uri(addr, tls.is_some())?;
+    let mut endpoint = tonic::transport::Endpoint::from_shared(uri.clone())
         .map_err(|e| format!("address '{addr}': {e}"))?
         .connect_timeout(timeout)
         .timeout(timeout);
@@ -92,12 +103,48 @@ pub async fn check_health(
     let channel = endpoint
         .connect()
         .await
-        .map_err(|e| format!("connect to {addr}: {e}"))?;
-    let reply = tonic_health::pb::health_client::HealthClient::new(channel)
+        .map_err(|e| format!("connect to {uri}: {}", error_chain(&e)))?;
+    let reply = tonic_health::pb::health_client::HealthClient::new(channel.clone())
         .check(tonic_health::pb::HealthCheckRequest {
             service: service.to_string(),
         })
         .await
         .map_err(|s| format!("health check: {:?}: {}", s.code(), s.message()))?;
-    Ok(reply.into_inner().status == Wire::Serving as i32)
+    if reply.into_inner().status == Wire::Serving as i32 {
+        return Ok(Health::Serving);
+    }
+    // Say why, when the server lets us ask (with auth on it may not).
+    use crate::service::pb::gru_service_client::GruServiceClient;
+    let why = match GruServiceClient::new(channel)
+        .list_models(crate::service::pb::ListModelsRequest {})
+        .await
+    {
+        Ok(r) if r.get_ref().models.is_empty() => Some(
+            "no model is loaded: the server's model directory holds none yet (its log names the directory)",
+        ),
+        Ok(_) => Some("models are loaded but the server is shutting down (draining)"),
+        Err(_) => None,
+    };
+    Ok(Health::NotServing(why))
+}
+
+/// What `gru-serve health` learnt.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Health {
+    Serving,
+    /// With the reason when the server told it.
+    NotServing(Option<&'static str>),
+}
+
+/// An error and its sources on one line: tonic's own text is often just
+/// "transport error".
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(e) = src {
+        s.push_str(": ");
+        s.push_str(&e.to_string());
+        src = e.source();
+    }
+    s
 }
