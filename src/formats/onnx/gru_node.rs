@@ -1,7 +1,7 @@
 //! One ONNX GRU node: its attributes, its weights, and how it is wired
 //! (the chain of layers, the state inputs).
 
-use super::graph::{GraphIndex, OpKind, Origin};
+use super::graph::{attr_int, attr_string, GraphIndex, OpKind, Origin};
 use super::tensor::{read_f32, reshape, to_usize};
 use super::{GruNode, OnnxError, Result};
 

@@ -2,8 +2,9 @@
 
 use std::collections::HashSet;
 
-use super::graph::{GraphIndex, OpKind, Origin};
-use super::{LinearHead, OnnxError, Result};
+use super::graph::{attr_int, GraphIndex, OpKind};
+use super::tensor::{read_bias, read_f32, reshape, transpose2};
+use super::{pb, Array, LinearHead, OnnxError, Result};
 
 impl<'a> GraphIndex<'a> {
     /// Finds the optional linear head on top GRU `top` (hidden size `h`).

@@ -9,7 +9,7 @@ use super::{Array, OnnxError, Result};
 pub(super) struct DisplayDataType(i32);
 
 impl fmt::Display for DisplayDataType {
-    pub(super) fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match DataType::try_from(self.0) {
             Ok(t) => write!(f, "{} ({})", t.as_str_name(), self.0),
             Err(_) => write!(f, "#{} (unknown)", self.0),
