@@ -11,8 +11,9 @@
 use std::sync::atomic::AtomicBool;
 
 use candle_core::Device;
+use gru_serve::formats::{files, native};
 use gru_serve::model::train::{train, Schedule, SeqTarget, Sequence, TrainConfig};
-use gru_serve::model::{weights, GruModel, ModelConfig};
+use gru_serve::model::{GruModel, ModelConfig};
 use rand::{Rng, SeedableRng};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -60,12 +61,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     })?;
     let dir = std::path::Path::new(&out);
-    weights::save_native(&result.model, dir)?;
+    native::save_native(&result.model, dir)?;
     let serving = serde_json::json!({
         "description": "Next-step prediction of a noisy sine wave. Input per step: [x_t], a sample of a*sin(w t + phase) + noise with a in [0.5, 1], w in [0.1, 0.5] rad/step. Output per step: [the predicted x_{t+1}]. Trained by examples/train_default_model.rs.",
         "task": "regression"
     });
-    weights::write_atomic(
+    files::write_atomic(
         &dir.join("serving.json"),
         serde_json::to_string_pretty(&serving)?.as_bytes(),
     )?;

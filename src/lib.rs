@@ -3,12 +3,12 @@
 //! Layers, each usable without the ones above it (see `../shared/DESIGN.md`):
 //! - [`model`]: the GRU math on candle tensors: cells, stacked networks, weights
 //!   in and out, analytic BPTT and training. No gRPC, no tokio.
-//! - [`onnx`]: reading GRU graphs out of ONNX files (protobuf, via prost).
+//! - [`formats`]: model files in and out: the native folder, PyTorch state
+//!   dicts, ONNX graphs (protobuf, via prost, behind the `onnx` feature).
+//!   Depends on `model`, never the reverse.
 
+pub mod formats;
 pub mod model;
-
-#[cfg(feature = "onnx")]
-pub mod onnx;
 
 #[cfg(feature = "grpc")]
 pub mod commands;

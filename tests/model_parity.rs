@@ -11,7 +11,7 @@ mod common;
 
 use candle_core::{DType, Device, Tensor};
 use common::*;
-use gru_serve::model::weights::{import_pytorch, PytorchNames};
+use gru_serve::formats::pytorch::{import_pytorch, PytorchNames};
 use gru_serve::model::{Backend, GruModel, ResetMode, Task};
 
 const TOL: f64 = 1e-5;
@@ -195,7 +195,7 @@ fn fixtures_match_their_sha256_manifest() {
 #[cfg(feature = "onnx")]
 mod onnx {
     use super::*;
-    use gru_serve::onnx::import_onnx;
+    use gru_serve::formats::onnx::import_onnx;
 
     fn check(name: &str, mode: ResetMode, layers: usize) {
         let m = import_onnx(

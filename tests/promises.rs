@@ -16,7 +16,7 @@
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
-use gru_serve::model::weights::save_native;
+use gru_serve::formats::native::save_native;
 use gru_serve::model::{GruModel, ModelConfig};
 use gru_serve::service::pb;
 use gru_serve::service::pb::training_service_client::TrainingServiceClient;

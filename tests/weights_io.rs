@@ -25,10 +25,10 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 use common::*;
-use gru_serve::model::weights::{
-    export_pytorch, import_pytorch, load_config, load_native, save_native, PytorchNames,
-    CONFIG_FILE, WEIGHTS_FILE,
+use gru_serve::formats::native::{
+    load_config, load_native, save_native, CONFIG_FILE, WEIGHTS_FILE,
 };
+use gru_serve::formats::pytorch::{export_pytorch, import_pytorch, PytorchNames};
 use gru_serve::model::{GruModel, ModelConfig, ModelError, Precision, ResetMode, Task};
 use safetensors::SafeTensors;
 use tempfile::TempDir;

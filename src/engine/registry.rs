@@ -21,7 +21,8 @@ use serde::Deserialize;
 use super::batcher::Worker;
 use super::replies::ReplyBudget;
 use super::{EngineConfig, EngineError};
-use crate::model::weights::{self, PytorchNames};
+use crate::formats::native;
+use crate::formats::pytorch::{self, PytorchNames};
 use crate::model::{GruModel, Task};
 
 /// Optional per-version serving metadata (`serving.json`).
@@ -84,20 +85,20 @@ pub fn load_version_dir(dir: &Path, device: &Device) -> Result<(GruModel, ModelM
         Err(e) => return Err(format!("serving.json: {e}")),
     };
     let task = serving.task.unwrap_or(Task::Regression);
-    let (model, format) = if dir.join(weights::CONFIG_FILE).exists() {
-        (weights::load_native(dir, device), "native")
+    let (model, format) = if dir.join(native::CONFIG_FILE).exists() {
+        (native::load_native(dir, device), "native")
     } else if dir.join("pytorch.safetensors").exists() {
         let names = PytorchNames {
             gru_prefix: serving.gru_prefix.clone(),
             head_prefix: serving.head_prefix.clone(),
         };
         (
-            weights::import_pytorch(&dir.join("pytorch.safetensors"), &names, task, device),
+            pytorch::import_pytorch(&dir.join("pytorch.safetensors"), &names, task, device),
             "pytorch",
         )
     } else if dir.join("model.onnx").exists() {
         (
-            crate::onnx::import_onnx(&dir.join("model.onnx"), task, device),
+            crate::formats::onnx::import_onnx(&dir.join("model.onnx"), task, device),
             "onnx",
         )
     } else {
@@ -371,7 +372,7 @@ pub fn export_pytorch(
     let dir = root.join(version.to_string());
     let (model, _) =
         load_version_dir(&dir, &Device::Cpu).map_err(|e| format!("{}: {e}", dir.display()))?;
-    weights::export_pytorch(&model, out, gru_prefix, head_prefix)
+    pytorch::export_pytorch(&model, out, gru_prefix, head_prefix)
         .map_err(|e| format!("export to {}: {e}", out.display()))?;
     Ok(model.config().clone())
 }

@@ -30,8 +30,9 @@ use tokio::sync::watch;
 
 use super::registry::{load_version_dir, valid_model_name, Registry};
 use super::EngineError;
+use crate::formats::files::write_atomic;
+use crate::formats::native::save_native;
 use crate::model::train::{train, validate_dataset, Progress, Sequence, TrainConfig, TrainOutcome};
-use crate::model::weights::{save_native, write_atomic};
 use crate::model::{GruModel, ModelConfig, ModelError};
 
 /// Limits and threads of the training side; every field has a `GRU_*` flag.

@@ -1,6 +1,6 @@
-//! One GRU layer: its parameters, their one internal layout, exact
-//! conversions from/to the layouts other tools use, and what its forward
-//! produces.
+//! One GRU layer: its parameters, their one internal layout, and what its
+//! forward produces. Conversions from/to the layouts other tools use live in
+//! `crate::formats`.
 //!
 //! # Internal layout and convention
 //!
@@ -16,7 +16,7 @@
 //! z follows the seed (Chung et al. 2014): h' = (1 − z) ⊙ h + z ⊙ c, so z weights
 //! the candidate c. PyTorch, ONNX, cuDNN and Keras let z keep the old state
 //! instead; since 1 − σ(a) = σ(−a) their z is ours with the z pre-activation
-//! negated, so conversion negates the z blocks of all four tensors (exact in
+//! negated, so a conversion negates the z blocks of all four tensors (exact in
 //! floating point). Gate order r, z, c equals PyTorch's r, z, n; ONNX's z, r, h
 //! is permuted on the way in and out.
 
@@ -172,91 +172,6 @@ impl GruLayer {
         }
     }
 
-    /// From PyTorch `nn.GRU` tensors of one layer: `weight_ih_l{k}` [3H, I],
-    /// `weight_hh_l{k}` [3H, H], `bias_ih_l{k}` and `bias_hh_l{k}` [3H] (rows r, z, n;
-    /// z keeps the old state). PyTorch only has `after_matmul`.
-    pub fn from_pytorch(
-        weight_ih: &Tensor,
-        weight_hh: &Tensor,
-        bias_ih: &Tensor,
-        bias_hh: &Tensor,
-    ) -> Result<Self, ModelError> {
-        let (h3, _) = weight_ih
-            .dims2()
-            .map_err(|_| bad_rank("weight_ih", weight_ih, 2))?;
-        if h3 % 3 != 0 {
-            return Err(ModelError::Shape(format!(
-                "weight_ih has {h3} rows, not a multiple of 3 (r, z, n blocks)"
-            )));
-        }
-        let h = h3 / 3;
-        let p = LayerParams {
-            w_ih: negate_z(weight_ih, 0, h)?.t()?,
-            w_hh: negate_z(weight_hh, 0, h)?.t()?,
-            b_ih: negate_z(bias_ih, 0, h)?,
-            b_hh: negate_z(bias_hh, 0, h)?,
-        };
-        Self::new(ResetMode::AfterMatmul, p)
-    }
-
-    /// The inverse of [`GruLayer::from_pytorch`] (bit-exact). Refused for
-    /// `before_matmul`, which PyTorch's `nn.GRU` cannot express.
-    pub fn to_pytorch(&self) -> Result<[Tensor; 4], ModelError> {
-        if self.mode != ResetMode::AfterMatmul {
-            return Err(ModelError::Unsupported(
-                "PyTorch nn.GRU applies the reset gate after the matmul; a before_matmul model has no exact nn.GRU equivalent (export it to ONNX with linear_before_reset = 0, or retrain)".into(),
-            ));
-        }
-        let h = self.hidden_size;
-        Ok([
-            negate_z(&self.w_ih.t()?, 0, h)?.contiguous()?,
-            negate_z(&self.w_hh.t()?, 0, h)?.contiguous()?,
-            negate_z(&self.b_ih, 0, h)?,
-            negate_z(&self.b_hh, 0, h)?,
-        ])
-    }
-
-    /// From one ONNX GRU node's W [3H, I], R [3H, H] (row blocks z, r, h) and
-    /// B [6H] = [Wb_z, Wb_r, Wb_h, Rb_z, Rb_r, Rb_h] (zeros when absent).
-    /// `linear_before_reset` = 1 is `after_matmul`, 0 is `before_matmul`.
-    pub fn from_onnx(
-        w: &Tensor,
-        r: &Tensor,
-        b: Option<&Tensor>,
-        linear_before_reset: bool,
-    ) -> Result<Self, ModelError> {
-        let (h3, _) = w.dims2().map_err(|_| bad_rank("W", w, 2))?;
-        if h3 % 3 != 0 {
-            return Err(ModelError::Shape(format!(
-                "ONNX W has {h3} rows, not a multiple of 3 (z, r, h blocks)"
-            )));
-        }
-        let h = h3 / 3;
-        let b = match b {
-            Some(b) => {
-                expect_shape("B", b, &[6 * h])?;
-                b.clone()
-            }
-            None => Tensor::zeros(6 * h, w.dtype(), w.device())?,
-        };
-        // ONNX z, r, h → r, z, h, then z negated (ONNX's z keeps the old state).
-        let from = |t: &Tensor| -> Result<Tensor, ModelError> {
-            negate_z(&swap_first_blocks(t, h)?, 0, h)
-        };
-        let p = LayerParams {
-            w_ih: from(w)?.t()?,
-            w_hh: from(r)?.t()?,
-            b_ih: from(&b.narrow(0, 0, 3 * h)?)?,
-            b_hh: from(&b.narrow(0, 3 * h, 3 * h)?)?,
-        };
-        let mode = if linear_before_reset {
-            ResetMode::AfterMatmul
-        } else {
-            ResetMode::BeforeMatmul
-        };
-        Self::new(mode, p)
-    }
-
     /// Copies the layer to `device` (and/or converts its dtype).
     pub fn to(&self, device: &Device, dtype: DType) -> Result<Self, ModelError> {
         let mv = |t: &Tensor| t.to_device(device).and_then(|t| t.to_dtype(dtype));
@@ -272,33 +187,6 @@ impl GruLayer {
     }
 }
 
-/// Negates the z block (the second of three blocks of `h`) along `dim`.
-fn negate_z(t: &Tensor, dim: usize, h: usize) -> Result<Tensor, ModelError> {
-    let r = t.narrow(dim, 0, h)?;
-    let z = t.narrow(dim, h, h)?.neg()?;
-    let c = t.narrow(dim, 2 * h, h)?;
-    Ok(Tensor::cat(&[&r, &z, &c], dim)?)
-}
-
-/// Swaps the first two blocks of `h` rows: (z, r, h) ↔ (r, z, h). Its own inverse.
-fn swap_first_blocks(t: &Tensor, h: usize) -> Result<Tensor, ModelError> {
-    let a = t.narrow(0, 0, h)?;
-    let b = t.narrow(0, h, h)?;
-    let c = t.narrow(0, 2 * h, h)?;
-    Ok(Tensor::cat(&[&b, &a, &c], 0)?)
-}
-
-/// The ONNX arrays (W, R, B) of a layer: the inverse of [`GruLayer::from_onnx`].
-pub fn to_onnx(layer: &GruLayer) -> Result<[Tensor; 3], ModelError> {
-    let h = layer.hidden_size;
-    let to =
-        |t: &Tensor| -> Result<Tensor, ModelError> { swap_first_blocks(&negate_z(t, 0, h)?, h) };
-    let w = to(&layer.w_ih.t()?)?.contiguous()?;
-    let r = to(&layer.w_hh.t()?)?.contiguous()?;
-    let b = Tensor::cat(&[to(&layer.b_ih)?, to(&layer.b_hh)?], 0)?;
-    Ok([w, r, b])
-}
-
 pub(crate) fn expect_shape(name: &str, t: &Tensor, want: &[usize]) -> Result<(), ModelError> {
     if t.dims() != want {
         return Err(ModelError::Shape(format!(
@@ -309,7 +197,7 @@ pub(crate) fn expect_shape(name: &str, t: &Tensor, want: &[usize]) -> Result<(),
     Ok(())
 }
 
-fn bad_rank(name: &str, t: &Tensor, rank: usize) -> ModelError {
+pub(crate) fn bad_rank(name: &str, t: &Tensor, rank: usize) -> ModelError {
     ModelError::Shape(format!(
         "{name}: expected a rank-{rank} tensor, found shape {:?}",
         t.dims()

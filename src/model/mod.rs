@@ -1,10 +1,11 @@
 //! The GRU math on candle tensors: no gRPC, no tokio, no prost.
 //!
-//! - [`layer`]: one layer's parameters, the internal layout, conversions.
+//! - [`layer`]: one layer's parameters and the internal layout.
 //! - [`forward`]: the time loop of one layer: dispatch and the candle-op
 //!   reference; [`cpu`]: the fused CPU path (kernels, packed gemm, threads).
 //! - [`network`]: stacked layers + linear head; `step` and padded `forward`.
-//! - [`weights`]: native folder format, PyTorch state dicts, ONNX arrays.
+//!
+//! Files in and out (native, PyTorch, ONNX) live in `crate::formats`.
 
 pub mod bptt;
 pub mod config;
@@ -14,7 +15,6 @@ pub mod forward;
 pub mod layer;
 pub mod network;
 pub mod train;
-pub mod weights;
 
 pub use config::{ModelConfig, Precision, ResetMode, Task, FORMAT_VERSION};
 pub use error::{ModelError, Result};

@@ -10,6 +10,7 @@ use super::forward::{layer_forward, Backend};
 use super::layer::{expect_shape, GruLayer, LayerParams, LayerRun, YsLayout};
 
 /// Linear readout: y = h · w + b, with w [H, O] (internal orientation) and b [O].
+/// PyTorch's `nn.Linear` stores w transposed (`crate::formats::pytorch`).
 #[derive(Debug, Clone)]
 pub struct Head {
     pub w: Tensor,
@@ -17,21 +18,6 @@ pub struct Head {
 }
 
 impl Head {
-    /// From PyTorch `nn.Linear` tensors: weight [O, H], bias [O].
-    pub fn from_pytorch(weight: &Tensor, bias: &Tensor) -> Result<Self, ModelError> {
-        let (o, _) = weight.dims2()?;
-        expect_shape("head bias", bias, &[o])?;
-        Ok(Head {
-            w: weight.t()?.contiguous()?,
-            b: bias.contiguous()?,
-        })
-    }
-
-    /// PyTorch `nn.Linear` tensors (weight [O, H], bias [O]).
-    pub fn to_pytorch(&self) -> Result<[Tensor; 2], ModelError> {
-        Ok([self.w.t()?.contiguous()?, self.b.clone()])
-    }
-
     pub(crate) fn apply(&self, h: &Tensor) -> candle_core::Result<Tensor> {
         h.matmul(&self.w)?.broadcast_add(&self.b)
     }

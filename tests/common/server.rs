@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use candle_core::Device;
 use gru_serve::engine::{Engine, EngineConfig};
-use gru_serve::model::weights::save_native;
+use gru_serve::formats::native::save_native;
 use gru_serve::model::{GruModel, ModelConfig};
 use gru_serve::server::{run_with_engine, ServerConfig, ServerError};
 use gru_serve::service::pb;

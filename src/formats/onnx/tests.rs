@@ -2,6 +2,7 @@
 //! tests exercise the real decode path without fixture files.
 
 use super::pb;
+use super::pb::tensor_proto::{DataLocation, DataType};
 use super::*;
 
 // ---------------------------------------------------------------- helpers
