@@ -39,7 +39,7 @@ struct Args {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Error> {
     let args = Args::parse();
-    let addr = gru_serve::config::endpoint_uri(&args.addr, false)?;
+    let addr = gru_serve::server::endpoint_uri(&args.addr, false)?;
     let mut client = GruServiceClient::connect(addr.clone()).await?;
 
     // What is this model? Sizes, reset mode and a description of its inputs.

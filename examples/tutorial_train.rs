@@ -70,7 +70,7 @@ fn column(values: &[f32]) -> pb::Matrix {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Error> {
     let args = Args::parse();
-    let addr = gru_serve::config::endpoint_uri(&args.addr, false)?;
+    let addr = gru_serve::server::endpoint_uri(&args.addr, false)?;
     let mut training = TrainingServiceClient::connect(addr.clone()).await?;
     let mut serving = GruServiceClient::connect(addr.clone()).await?;
 

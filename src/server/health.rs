@@ -79,7 +79,7 @@ pub async fn probe_health(
     tls: Option<&ProbeTls>,
 ) -> Result<Health, String> {
     use tonic_health::pb::health_check_response::ServingStatus as Wire;
-    let uri = crate::config::endpoint_uri(addr, tls.is_some())?;
+    let uri = endpoint_uri(addr, tls.is_some())?;
     let mut endpoint = tonic::transport::Endpoint::from_shared(uri.clone())
         .map_err(|e| format!("address '{addr}': {e}"))?
         .connect_timeout(timeout)
@@ -147,4 +147,49 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
         src = e.source();
     }
     s
+}
+
+/// The URI a client connects to, from what people type: `host:port`
+/// (http, or https when `tls`), `http://host:port` or `https://host:port`.
+/// Every client of ours takes `--addr` through this: the `health` probe,
+/// the examples, the load generator.
+pub fn endpoint_uri(addr: &str, tls: bool) -> Result<String, String> {
+    let addr = addr.trim();
+    let (scheme, rest) = match addr.split_once("://") {
+        Some((s @ ("http" | "https"), rest)) => (s, rest),
+        Some((s, _)) => {
+            return Err(format!(
+                "address '{addr}': scheme '{s}' is not http or https (or give host:port)"
+            ))
+        }
+        None => (if tls { "https" } else { "http" }, addr),
+    };
+    let host_port = rest.trim_end_matches('/');
+    let port_ok = host_port
+        .rsplit_once(':')
+        .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
+    if !port_ok {
+        return Err(format!(
+            "address '{addr}': expected host:port, http://host:port or https://host:port"
+        ));
+    }
+    Ok(format!("{scheme}://{host_port}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_are_host_port_or_http_urls() {
+        let ok = |a: &str, tls| endpoint_uri(a, tls).unwrap();
+        assert_eq!(ok("127.0.0.1:50051", false), "http://127.0.0.1:50051");
+        assert_eq!(ok("localhost:50051", true), "https://localhost:50051");
+        assert_eq!(ok("http://h:1/", false), "http://h:1");
+        assert_eq!(ok("https://h:1", false), "https://h:1");
+        assert_eq!(ok("[::1]:50051", false), "http://[::1]:50051");
+        for bad in ["", "h", "h:port", ":1", "ftp://h:1", "http://h"] {
+            assert!(endpoint_uri(bad, false).is_err(), "{bad}");
+        }
+    }
 }

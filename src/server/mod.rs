@@ -20,7 +20,7 @@ use crate::service::pb::training_service_server::TrainingServiceServer;
 use crate::service::training::TrainingServiceImpl;
 use crate::service::{pb, GruServiceImpl};
 
-pub use health::{check_health, error_chain, probe_health, Health, ProbeTls};
+pub use health::{check_health, endpoint_uri, error_chain, probe_health, Health, ProbeTls};
 
 /// Settings of the server; built from the command line in `config.rs`.
 #[derive(Debug, Clone)]
