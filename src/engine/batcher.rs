@@ -18,8 +18,7 @@ use tokio::sync::oneshot;
 use super::ids;
 use super::replies::ReplyBudget;
 use super::rows::{forward_rows, RowIn, RowsOut};
-pub use super::sessions::StepOutcome;
-use super::sessions::{LastReply, Session};
+use super::state::{LastReply, SessionState, StepOutcome};
 use super::EngineError;
 use crate::model::GruModel;
 
@@ -31,7 +30,7 @@ pub struct StepReply {
 }
 
 pub struct StepJob {
-    pub session: Arc<Session>,
+    pub session: Arc<SessionState>,
     /// [k × input] row-major, already validated.
     pub inputs: Vec<f32>,
     pub k: usize,

@@ -9,6 +9,7 @@ pub mod registry;
 pub mod replies;
 pub mod rows;
 pub mod sessions;
+pub mod state;
 pub mod training;
 
 use std::path::PathBuf;
@@ -18,8 +19,8 @@ use std::time::Duration;
 use crate::model::ModelError;
 
 pub use registry::{ModelMeta, Registry, ServedModel};
-pub use sessions::StepOutcome;
 pub use sessions::{ExportedState, OpenParams, Session, SessionStore};
+pub use state::StepOutcome;
 pub use training::{Training, TrainingConfig};
 
 /// Errors of the engine. Each names what was wrong and the values involved;
@@ -351,7 +352,7 @@ impl Engine {
         check_finite("inputs", &inputs)?;
         let (tx, rx) = tokio::sync::oneshot::channel();
         session.model.worker.submit(batcher::StepJob {
-            session: session.clone(),
+            session: session.state().clone(),
             inputs,
             k,
             start_step,

@@ -18,7 +18,7 @@ use tokio::time::Instant;
 
 use super::ids;
 use super::registry::ServedModel;
-use super::replies::ReplyCharge;
+use super::state::{SessionData, SessionState};
 use super::EngineError;
 
 /// How many expired ids are remembered, so a late step hears "expired"
@@ -37,49 +37,24 @@ pub struct ExportedState {
     pub h: Vec<f32>,
 }
 
-/// The result of one step message.
-#[derive(Debug, Clone)]
-pub struct StepOutcome {
-    /// [k × output] row-major.
-    pub outputs: Vec<f32>,
-    pub start_step: u64,
-    pub next_step: u64,
-    /// h after the last step, [layers × hidden].
-    pub state: Vec<f32>,
-}
-
-/// The last answered step message, kept to answer its retry. Its outcome
-/// is kept only while the server-wide reply budget has room for it.
-pub struct LastReply {
-    pub start_step: u64,
-    pub digest: u64,
-    /// None when the budget was full: a retry is then refused, not replayed.
-    pub kept: Option<(Arc<StepOutcome>, ReplyCharge)>,
-}
-
-pub struct SessionData {
-    /// [layers × hidden].
-    pub h: Vec<f32>,
-    pub step_index: u64,
-    pub last: Option<LastReply>,
-    pub closed: bool,
-    pub last_used: Instant,
-}
-
 pub struct Session {
     pub id: String,
     pub key: Option<String>,
     /// The tenant (auth token name) that opened it; None without auth.
     pub owner: Option<String>,
     pub model: Arc<ServedModel>,
-    data: Mutex<SessionData>,
+    /// What the model's worker reads and writes; the worker holds only this.
+    state: Arc<SessionState>,
 }
 
 impl Session {
     pub fn lock(&self) -> MutexGuard<'_, SessionData> {
-        // A panic while holding the lock cannot leave h half-written (it is
-        // replaced whole), so a poisoned lock's data is still consistent.
-        self.data.lock().unwrap_or_else(|p| p.into_inner())
+        self.state.lock()
+    }
+
+    /// The state a step job carries to the worker.
+    pub(super) fn state(&self) -> &Arc<SessionState> {
+        &self.state
     }
 
     pub fn export(&self) -> ExportedState {
@@ -231,13 +206,16 @@ impl SessionStore {
             key: params.key.clone(),
             owner: params.owner.clone(),
             model,
-            data: Mutex::new(SessionData {
-                h,
-                step_index: params.step_index,
-                last: None,
-                closed: false,
-                last_used: now,
-            }),
+            state: Arc::new(SessionState::new(
+                id.clone(),
+                SessionData {
+                    h,
+                    step_index: params.step_index,
+                    last: None,
+                    closed: false,
+                    last_used: now,
+                },
+            )),
         });
         {
             let mut shard = self.shard(&id);
