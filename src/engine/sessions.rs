@@ -18,7 +18,7 @@ use tokio::time::Instant;
 
 use super::ids;
 use super::registry::ServedModel;
-use super::state::{SessionData, SessionState};
+use super::state::{HiddenState, SessionData, SessionState};
 use super::EngineError;
 
 /// How many expired ids are remembered, so a late step hears "expired"
@@ -31,10 +31,7 @@ pub struct ExportedState {
     pub model: String,
     pub version: u64,
     pub step_index: u64,
-    pub num_layers: usize,
-    pub hidden_size: usize,
-    /// [layers × hidden], layer 0 first.
-    pub h: Vec<f32>,
+    pub hidden: HiddenState,
 }
 
 pub struct Session {
@@ -64,9 +61,11 @@ impl Session {
             model: self.model.name.clone(),
             version: self.model.version,
             step_index: d.step_index,
-            num_layers: c.num_layers,
-            hidden_size: c.hidden_size,
-            h: d.h.clone(),
+            hidden: HiddenState {
+                layers: c.num_layers,
+                hidden: c.hidden_size,
+                values: d.h.clone(),
+            },
         }
     }
 }
@@ -181,10 +180,13 @@ impl SessionStore {
                 if let Some(s) = found {
                     if !self.idle_too_long(&s, now) {
                         if s.model.name != model.name || s.model.version != model.version {
-                            return Err(EngineError::FailedPrecondition(format!(
-                                "session key '{}' belongs to a session on model '{}' version {}, not '{}' version {}",
-                                ids::clip(key), s.model.name, s.model.version, model.name, model.version
-                            )));
+                            return Err(EngineError::SessionKeyConflict {
+                                key: key.clone(),
+                                model: s.model.name.clone(),
+                                version: s.model.version,
+                                asked_model: model.name.clone(),
+                                asked_version: model.version,
+                            });
                         }
                         s.lock().last_used = now;
                         return Ok((s, false));
@@ -238,10 +240,10 @@ impl SessionStore {
             let n = self.live.load(Ordering::Acquire);
             if n >= self.max_sessions {
                 if reclaimed {
-                    return Err(EngineError::ResourceExhausted(format!(
-                        "session limit reached: {n} live sessions (max {}); close sessions or retry later",
-                        self.max_sessions
-                    )));
+                    return Err(EngineError::SessionLimit {
+                        live: n,
+                        max: self.max_sessions,
+                    });
                 }
                 reclaimed = true;
                 match keys.as_deref_mut() {

@@ -9,6 +9,15 @@ use tokio::time::Instant;
 
 use super::replies::ReplyCharge;
 
+/// A hidden state as a client declares it: `values` is [layers × hidden],
+/// layer 0 first. Checked against the model before use.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HiddenState {
+    pub layers: usize,
+    pub hidden: usize,
+    pub values: Vec<f32>,
+}
+
 /// The result of one step message.
 #[derive(Debug, Clone)]
 pub struct StepOutcome {
