@@ -696,9 +696,13 @@ mod tests {
                 capacity: 8,
             },
             EngineError::ShuttingDown,
-            EngineError::WorkerStopped { model: "m/1".into() },
+            EngineError::WorkerStopped {
+                model: "m/1".into(),
+            },
             EngineError::WorkerDroppedRequest { model: "m".into() },
-            EngineError::WorkerPanicked { model: "m/1".into() },
+            EngineError::WorkerPanicked {
+                model: "m/1".into(),
+            },
             EngineError::PredictSequenceCount { got: 0, max: 4 },
             EngineError::PredictStepCount { got: 7, max: 6 },
             EngineError::PredictInputShape {
