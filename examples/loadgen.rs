@@ -429,7 +429,7 @@ impl InProcess {
             })?;
         let stats: StatsSource = Some(Arc::new(move || {
             cell.get()
-                .and_then(|e| e.registry.get(&name, None).ok())
+                .and_then(|e| e.model(&name, None).ok())
                 .map(|m| m.worker.stats.clone())
         }));
         Ok(InProcess {

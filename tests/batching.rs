@@ -87,8 +87,7 @@ async fn sessions_with_mixed_k_share_batches_and_get_their_own_outputs() {
     let server = TestServer::serving(repo.path()).await;
     let stats = server
         .engine()
-        .registry
-        .get("m", None)
+        .model("m", None)
         .unwrap()
         .worker
         .stats

@@ -10,7 +10,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 
 use gru_serve::engine::training::{JobRequest, JobTarget};
-use gru_serve::engine::{Engine, EngineConfig, EngineError, ExportedState, PredictSeq};
+use gru_serve::engine::{
+    Engine, EngineConfig, EngineError, ExportedState, HiddenState, PredictSeq, StepInput,
+};
 use gru_serve::model::train::{OptimizerKind, Schedule, SeqTarget, Sequence, TrainConfig};
 use gru_serve::model::ModelConfig;
 use proptest::prelude::*;
@@ -173,7 +175,7 @@ proptest! {
                 PredictSeq {
                     inputs,
                     len,
-                    initial: state.map(|(l, h)| (l, h, vec![0.5; l * h])),
+                    initial: state.map(|(l, h)| HiddenState { layers: l, hidden: h, values: vec![0.5; l * h] }),
                 }
             })
             .collect();
@@ -188,6 +190,12 @@ proptest! {
                 }
             }
             Err(EngineError::InvalidArgument(_))
+            | Err(EngineError::ModelRequired)
+            | Err(EngineError::NotFinite { .. })
+            | Err(EngineError::StateShape { .. })
+            | Err(EngineError::PredictSequenceCount { .. })
+            | Err(EngineError::PredictStepCount { .. })
+            | Err(EngineError::PredictInputShape { .. })
             | Err(EngineError::ModelNotFound(_))
             | Err(EngineError::VersionNotFound { .. })
             | Err(EngineError::PredictTooLarge { .. }) => {}
@@ -210,40 +218,47 @@ proptest! {
             model: model.clone(),
             version,
             step_index,
-            num_layers: L,
-            hidden_size: H,
-            h: vec![0.0; L * H],
+            hidden: HiddenState { layers: L, hidden: H, values: vec![0.0; L * H] },
         });
-        let initial = initial.map(|(l, h, v)| (l, h, vec![v; l * h]));
+        let initial = initial.map(|(l, h, v)| HiddenState { layers: l, hidden: h, values: vec![v; l * h] });
         let opened = w.engine.open_session(&model, None, key, None, initial, resume);
         let id = match opened {
             Ok((s, _)) => s.id.clone(),
-            Err(EngineError::InvalidArgument(_))
+            Err(EngineError::ModelRequired)
+            | Err(EngineError::NotFinite { .. })
+            | Err(EngineError::StateShape { .. })
+            | Err(EngineError::ResumeWithInitial)
+            | Err(EngineError::ResumeModelMismatch { .. })
+            | Err(EngineError::ResumeStepIndexTooLarge { .. })
             | Err(EngineError::BadId { .. })
             | Err(EngineError::ModelNotFound(_))
             | Err(EngineError::VersionNotFound { .. })
-            | Err(EngineError::FailedPrecondition(_))
-            | Err(EngineError::ResourceExhausted(_)) => return Ok(()),
+            | Err(EngineError::SessionKeyConflict { .. })
+            | Err(EngineError::SessionLimit { .. }) => return Ok(()),
             Err(e) => return Err(TestCaseError::fail(format!("open: unexpected {e}"))),
         };
         for (k, cols, start, v) in steps {
             let target = bad_id.clone().unwrap_or_else(|| id.clone());
             let inputs = vec![v; k * cols];
-            let r = w.rt.block_on(w.engine.step(&target, None, inputs, k, cols, start));
+            let input = StepInput { inputs, rows: k, cols, start_step: start };
+            let r = w.rt.block_on(w.engine.step(&target, None, input));
             match r {
                 Ok(reply) => {
                     prop_assert_eq!(reply.outcome.outputs.len(), k * 2);
                     prop_assert!(reply.outcome.next_step >= reply.outcome.start_step);
                 }
-                Err(EngineError::InvalidArgument(_))
+                Err(EngineError::StepRowCount { .. })
+                | Err(EngineError::StepInputShape { .. })
+                | Err(EngineError::NotFinite { .. })
                 | Err(EngineError::BadId { .. })
                 | Err(EngineError::SessionNotFound(_))
-                | Err(EngineError::FailedPrecondition(_))
+                | Err(EngineError::StepIndexMismatch { .. })
+                | Err(EngineError::AlreadyAppliedReplyNotKept { .. })
                 | Err(EngineError::StepIndexOverflow { .. }) => {}
                 Err(e) => prop_assert!(false, "step: unexpected {e}"),
             }
         }
-        let _ = w.engine.sessions.close(&id, None);
+        let _ = w.engine.close_session(&id, None);
         assert_bounded();
     }
 
@@ -283,7 +298,7 @@ proptest! {
             optimizer: if sgd { OptimizerKind::Sgd { momentum } } else { OptimizerKind::default() },
             ..TrainConfig::default()
         };
-        let r = w.engine.training.submit(JobRequest {
+        let r = w.engine.training().submit(JobRequest {
             model: "prop".into(),
             target: JobTarget::New { config, description: String::new() },
             hyperparameters: hyper,
@@ -291,7 +306,7 @@ proptest! {
         });
         match r {
             Ok((id, _)) => {
-                let _ = w.engine.training.cancel(&id);
+                let _ = w.engine.training().cancel(&id);
             }
             Err(EngineError::InvalidArgument(_)) | Err(EngineError::ResourceExhausted(_)) => {}
             Err(e) => prop_assert!(false, "submit: unexpected {e}"),

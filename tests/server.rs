@@ -594,7 +594,7 @@ async fn sessions_expire_after_ttl() {
         ..Default::default()
     })
     .expect("load engine");
-    let model = engine.registry.get("m", None).expect("model m");
+    let model = engine.model("m", None).expect("model m");
     let params = |key: Option<&str>| OpenParams {
         key: key.map(str::to_string),
         owner: None,
@@ -643,7 +643,7 @@ async fn sessions_expire_after_ttl() {
     small.open(model.clone(), params(None)).unwrap();
     assert!(matches!(
         small.open(model.clone(), params(None)),
-        Err(EngineError::ResourceExhausted(_))
+        Err(EngineError::SessionLimit { .. })
     ));
     tokio::time::advance(Duration::from_secs(61)).await;
     small

@@ -18,8 +18,7 @@ use tokio::sync::oneshot;
 use super::ids;
 use super::replies::ReplyBudget;
 use super::rows::{forward_rows, RowIn, RowsOut};
-pub use super::sessions::StepOutcome;
-use super::sessions::{LastReply, Session};
+use super::state::{LastReply, SessionState, StepOutcome};
 use super::EngineError;
 use crate::model::GruModel;
 
@@ -30,12 +29,22 @@ pub struct StepReply {
     pub replayed: bool,
 }
 
-pub struct StepJob {
-    pub session: Arc<Session>,
-    /// [k × input] row-major, already validated.
+/// One step message as it crosses from the service to the worker.
+#[derive(Debug, Clone)]
+pub struct StepInput {
+    /// [rows × cols] row-major; validated against the model before queueing.
     pub inputs: Vec<f32>,
-    pub k: usize,
+    /// Steps in this message.
+    pub rows: usize,
+    /// Features per step as the client declared them.
+    pub cols: usize,
+    /// The step index the client says it starts at (exactly-once retries).
     pub start_step: Option<u64>,
+}
+
+pub struct StepJob {
+    pub session: Arc<SessionState>,
+    pub input: StepInput,
     pub reply: oneshot::Sender<Result<StepReply, EngineError>>,
     pub span: tracing::Span,
 }
@@ -107,22 +116,20 @@ impl Worker {
     pub fn submit(&self, job: StepJob) -> Result<(), EngineError> {
         let tx = self.tx.lock().unwrap_or_else(|p| p.into_inner());
         let Some(tx) = tx.as_ref() else {
-            return Err(EngineError::Unavailable(
-                "the server is shutting down".into(),
-            ));
+            return Err(EngineError::ShuttingDown);
         };
         // Counted before the send, so the worker's decrement never comes first.
         self.stats.queued.fetch_add(1, Ordering::Relaxed);
         tx.try_send(job).map_err(|e| {
             self.stats.queued.fetch_sub(1, Ordering::Relaxed);
             match e {
-                TrySendError::Full(_) => EngineError::ResourceExhausted(format!(
-                    "model '{}' has {} requests queued (the limit); retry later",
-                    self.name, self.capacity
-                )),
-                TrySendError::Disconnected(_) => {
-                    EngineError::Unavailable("the model worker has stopped".into())
-                }
+                TrySendError::Full(_) => EngineError::QueueFull {
+                    model: self.name.clone(),
+                    capacity: self.capacity,
+                },
+                TrySendError::Disconnected(_) => EngineError::WorkerStopped {
+                    model: self.name.clone(),
+                },
             }
         })
     }
@@ -180,7 +187,7 @@ fn run(ctx: Ctx<'_>, rx: Receiver<StepJob>, max_batch: usize) {
         let mut rest = VecDeque::new();
         let mut kmax = 0;
         while let Some(j) = pending.pop_front() {
-            let k = kmax.max(j.k);
+            let k = kmax.max(j.input.rows);
             let fits = batch.is_empty() || (batch.len() + 1) * k <= padded_budget;
             if batch.len() < max_batch && fits && seen.insert(Arc::as_ptr(&j.session)) {
                 kmax = k;
@@ -224,8 +231,8 @@ fn run_batch(ctx: &Ctx<'_>, batch: Vec<StepJob>) {
             let _ = job.reply.send(Err(EngineError::SessionNotFound(id)));
             continue;
         }
-        let dg = digest(&job.inputs);
-        if let Some(s) = job.start_step {
+        let dg = digest(&job.input.inputs);
+        if let Some(s) = job.input.start_step {
             if s != d.step_index {
                 let replay = d
                     .last
@@ -237,17 +244,17 @@ fn run_batch(ctx: &Ctx<'_>, batch: Vec<StepJob>) {
                         outcome,
                         replayed: true,
                     }),
-                    Some(None) => Err(EngineError::FailedPrecondition(format!(
-                        "session '{}': the message starting at step {s} was applied (the session is at step {}), but its reply was not kept for a retry (the server's retained-reply budget was full); read the state with GetSessionState",
-                        job.session.id,
-                        d.step_index
-                    ))),
-                    None => Err(EngineError::FailedPrecondition(format!(
-                        "session '{}' is at step {}; this message starts at step {s} (only a retry of the last message, which started at {}, can be repeated)",
-                        job.session.id,
-                        d.step_index,
-                        d.last.as_ref().map_or("none".to_string(), |l| l.start_step.to_string())
-                    ))),
+                    Some(None) => Err(EngineError::AlreadyAppliedReplyNotKept {
+                        session: job.session.id.clone(),
+                        start_step: s,
+                        at: d.step_index,
+                    }),
+                    None => Err(EngineError::StepIndexMismatch {
+                        session: job.session.id.clone(),
+                        expected: d.step_index,
+                        got: s,
+                        last_start: d.last.as_ref().map(|l| l.start_step),
+                    }),
                 };
                 drop(d);
                 let _ = job.reply.send(msg);
@@ -255,12 +262,12 @@ fn run_batch(ctx: &Ctx<'_>, batch: Vec<StepJob>) {
             }
         }
         let start = d.step_index;
-        if start > ids::MAX_STEP_INDEX - job.k as u64 {
+        if start > ids::MAX_STEP_INDEX - job.input.rows as u64 {
             drop(d);
             let _ = job.reply.send(Err(EngineError::StepIndexOverflow {
                 session: job.session.id.clone(),
                 at: start,
-                steps: job.k as u64,
+                steps: job.input.rows as u64,
                 max: ids::MAX_STEP_INDEX,
             }));
             continue;
@@ -308,7 +315,7 @@ fn run_batch(ctx: &Ctx<'_>, batch: Vec<StepJob>) {
                     let _ = l.job.reply.send(Err(EngineError::SessionNotFound(id)));
                     continue;
                 }
-                let next = l.start + l.job.k as u64;
+                let next = l.start + l.job.input.rows as u64;
                 let outcome = Arc::new(StepOutcome {
                     outputs: out,
                     start_step: l.start,
@@ -373,8 +380,8 @@ fn compute(model: &GruModel, live: &[Live]) -> Result<RowsOut, EngineError> {
     let rows: Vec<RowIn<'_>> = live
         .iter()
         .map(|l| RowIn {
-            inputs: &l.job.inputs,
-            len: l.job.k,
+            inputs: &l.job.input.inputs,
+            len: l.job.input.rows,
             h: Some(&l.h),
         })
         .collect();

@@ -47,7 +47,7 @@ fn run_budgeted(
     let mut states: Vec<Vec<f32>> = seqs
         .iter()
         .map(|s| match &s.initial {
-            Some((_, _, h)) => h.clone(),
+            Some(state) => state.values.clone(),
             None => vec![0.0; size],
         })
         .collect();
@@ -91,6 +91,7 @@ fn run_budgeted(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::HiddenState;
     use crate::model::ModelConfig;
 
     fn seq(len: usize, i: usize, seed: usize) -> PredictSeq {
@@ -114,7 +115,11 @@ mod tests {
             .enumerate()
             .map(|(n, &len)| seq(len, 3, n))
             .collect();
-        seqs[2].initial = Some((2, 8, (0..16).map(|k| k as f32 / 16.0).collect()));
+        seqs[2].initial = Some(HiddenState {
+            layers: 2,
+            hidden: 8,
+            values: (0..16).map(|k| k as f32 / 16.0).collect(),
+        });
         // A budget of 16 padded steps forces many groups and windows.
         let (want_o, want_h) = forward_rows(
             &model,
@@ -123,7 +128,7 @@ mod tests {
                 .map(|s| RowIn {
                     inputs: &s.inputs,
                     len: s.len,
-                    h: s.initial.as_ref().map(|(_, _, h)| h.as_slice()),
+                    h: s.initial.as_ref().map(|state| state.values.as_slice()),
                 })
                 .collect::<Vec<_>>(),
         )

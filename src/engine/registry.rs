@@ -160,8 +160,10 @@ impl Registry {
     pub fn scan(&self) -> Result<Vec<(String, u64)>, EngineError> {
         let _guard = self.change_guard();
         let dir = &self.config.model_dir;
-        let entries = std::fs::read_dir(dir)
-            .map_err(|e| EngineError::Unavailable(format!("model dir {}: {e}", dir.display())))?;
+        let entries = std::fs::read_dir(dir).map_err(|error| EngineError::ModelDirUnreadable {
+            dir: dir.clone(),
+            error,
+        })?;
         let mut names: Vec<_> = entries.flatten().map(|e| e.path()).collect();
         names.sort();
         let mut added = Vec::new();
@@ -270,7 +272,7 @@ impl Registry {
     pub fn get(&self, name: &str, version: Option<u64>) -> Result<Arc<ServedModel>, EngineError> {
         // The same answer from every RPC: a missing name is the caller's mistake.
         if name.is_empty() {
-            return Err(EngineError::InvalidArgument("model is required".into()));
+            return Err(EngineError::ModelRequired);
         }
         let models = self
             .models

@@ -18,7 +18,7 @@ use tokio::time::Instant;
 
 use super::ids;
 use super::registry::ServedModel;
-use super::replies::ReplyCharge;
+use super::state::{HiddenState, SessionData, SessionState};
 use super::EngineError;
 
 /// How many expired ids are remembered, so a late step hears "expired"
@@ -31,39 +31,7 @@ pub struct ExportedState {
     pub model: String,
     pub version: u64,
     pub step_index: u64,
-    pub num_layers: usize,
-    pub hidden_size: usize,
-    /// [layers × hidden], layer 0 first.
-    pub h: Vec<f32>,
-}
-
-/// The result of one step message.
-#[derive(Debug, Clone)]
-pub struct StepOutcome {
-    /// [k × output] row-major.
-    pub outputs: Vec<f32>,
-    pub start_step: u64,
-    pub next_step: u64,
-    /// h after the last step, [layers × hidden].
-    pub state: Vec<f32>,
-}
-
-/// The last answered step message, kept to answer its retry. Its outcome
-/// is kept only while the server-wide reply budget has room for it.
-pub struct LastReply {
-    pub start_step: u64,
-    pub digest: u64,
-    /// None when the budget was full: a retry is then refused, not replayed.
-    pub kept: Option<(Arc<StepOutcome>, ReplyCharge)>,
-}
-
-pub struct SessionData {
-    /// [layers × hidden].
-    pub h: Vec<f32>,
-    pub step_index: u64,
-    pub last: Option<LastReply>,
-    pub closed: bool,
-    pub last_used: Instant,
+    pub hidden: HiddenState,
 }
 
 pub struct Session {
@@ -72,14 +40,18 @@ pub struct Session {
     /// The tenant (auth token name) that opened it; None without auth.
     pub owner: Option<String>,
     pub model: Arc<ServedModel>,
-    data: Mutex<SessionData>,
+    /// What the model's worker reads and writes; the worker holds only this.
+    state: Arc<SessionState>,
 }
 
 impl Session {
     pub fn lock(&self) -> MutexGuard<'_, SessionData> {
-        // A panic while holding the lock cannot leave h half-written (it is
-        // replaced whole), so a poisoned lock's data is still consistent.
-        self.data.lock().unwrap_or_else(|p| p.into_inner())
+        self.state.lock()
+    }
+
+    /// The state a step job carries to the worker.
+    pub(super) fn state(&self) -> &Arc<SessionState> {
+        &self.state
     }
 
     pub fn export(&self) -> ExportedState {
@@ -89,9 +61,11 @@ impl Session {
             model: self.model.name.clone(),
             version: self.model.version,
             step_index: d.step_index,
-            num_layers: c.num_layers,
-            hidden_size: c.hidden_size,
-            h: d.h.clone(),
+            hidden: HiddenState {
+                layers: c.num_layers,
+                hidden: c.hidden_size,
+                values: d.h.clone(),
+            },
         }
     }
 }
@@ -206,10 +180,13 @@ impl SessionStore {
                 if let Some(s) = found {
                     if !self.idle_too_long(&s, now) {
                         if s.model.name != model.name || s.model.version != model.version {
-                            return Err(EngineError::FailedPrecondition(format!(
-                                "session key '{}' belongs to a session on model '{}' version {}, not '{}' version {}",
-                                ids::clip(key), s.model.name, s.model.version, model.name, model.version
-                            )));
+                            return Err(EngineError::SessionKeyConflict {
+                                key: key.clone(),
+                                model: s.model.name.clone(),
+                                version: s.model.version,
+                                asked_model: model.name.clone(),
+                                asked_version: model.version,
+                            });
                         }
                         s.lock().last_used = now;
                         return Ok((s, false));
@@ -231,13 +208,16 @@ impl SessionStore {
             key: params.key.clone(),
             owner: params.owner.clone(),
             model,
-            data: Mutex::new(SessionData {
-                h,
-                step_index: params.step_index,
-                last: None,
-                closed: false,
-                last_used: now,
-            }),
+            state: Arc::new(SessionState::new(
+                id.clone(),
+                SessionData {
+                    h,
+                    step_index: params.step_index,
+                    last: None,
+                    closed: false,
+                    last_used: now,
+                },
+            )),
         });
         {
             let mut shard = self.shard(&id);
@@ -260,10 +240,10 @@ impl SessionStore {
             let n = self.live.load(Ordering::Acquire);
             if n >= self.max_sessions {
                 if reclaimed {
-                    return Err(EngineError::ResourceExhausted(format!(
-                        "session limit reached: {n} live sessions (max {}); close sessions or retry later",
-                        self.max_sessions
-                    )));
+                    return Err(EngineError::SessionLimit {
+                        live: n,
+                        max: self.max_sessions,
+                    });
                 }
                 reclaimed = true;
                 match keys.as_deref_mut() {

@@ -106,8 +106,8 @@ pub async fn refresh_gauges(engine: Engine, shutdown: CancellationToken) {
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        metrics::gauge!("gru_sessions_live").set(engine.sessions.len() as f64);
-        let served = engine.registry.all();
+        metrics::gauge!("gru_sessions_live").set(engine.live_sessions() as f64);
+        let served = engine.served_versions();
         metrics::gauge!("gru_model_versions_loaded").set(served.len() as f64);
         let queued: u64 = served
             .iter()
@@ -119,7 +119,7 @@ pub async fn refresh_gauges(engine: Engine, shutdown: CancellationToken) {
             })
             .sum();
         metrics::gauge!("gru_steps_queued").set(queued as f64);
-        let jobs = engine.training.list();
+        let jobs = engine.training().list();
         for (state, label) in [(JobState::Queued, "queued"), (JobState::Running, "running")] {
             let n = jobs.iter().filter(|j| j.state == state).count();
             metrics::gauge!("gru_training_jobs", "state" => label).set(n as f64);

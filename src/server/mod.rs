@@ -210,7 +210,7 @@ async fn start_engine(
         tokio::spawn(metrics::refresh_gauges(engine.clone(), cancel.clone()));
     }
     let _ = cell.set(engine.clone());
-    if engine.registry.is_empty() {
+    if !engine.has_models() {
         tracing::warn!("no model loaded; NOT_SERVING until one is published or found by a rescan");
     }
     let (serving_tx, serving) = tokio::sync::oneshot::channel();

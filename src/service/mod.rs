@@ -9,7 +9,10 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
-use crate::engine::{Engine, EngineError, ExportedState, PendingStep, PredictSeq, ServedModel};
+use crate::engine::{
+    Engine, EngineError, ExportedState, HiddenState, PendingStep, PredictSeq, ServedModel,
+    StepInput,
+};
 use crate::model::{ResetMode, Task};
 
 /// Generated from `proto/gru/v1/gru.proto` by build.rs; never edited.
@@ -38,16 +41,34 @@ impl From<EngineError> for Status {
             | EngineError::SessionNotFound(_)
             | EngineError::SessionExpired { .. }
             | EngineError::JobNotFound(_) => Status::not_found(msg),
-            EngineError::InvalidArgument(_) | EngineError::BadId { .. } => {
-                Status::invalid_argument(msg)
-            }
-            EngineError::PredictTooLarge { .. } => Status::resource_exhausted(msg),
-            EngineError::StepIndexOverflow { .. } => Status::failed_precondition(msg),
-            EngineError::WorkerPanicked { .. } => Status::internal(msg),
-            EngineError::FailedPrecondition(_) => Status::failed_precondition(msg),
-            EngineError::ResourceExhausted(_) => Status::resource_exhausted(msg),
-            EngineError::Unavailable(_) => Status::unavailable(msg),
-            EngineError::Internal(_) => Status::internal(msg),
+            EngineError::BadId { .. }
+            | EngineError::ModelRequired
+            | EngineError::NotFinite { .. }
+            | EngineError::StateShape { .. }
+            | EngineError::ResumeWithInitial
+            | EngineError::ResumeModelMismatch { .. }
+            | EngineError::ResumeStepIndexTooLarge { .. }
+            | EngineError::StepRowCount { .. }
+            | EngineError::StepInputShape { .. }
+            | EngineError::PredictSequenceCount { .. }
+            | EngineError::PredictStepCount { .. }
+            | EngineError::PredictInputShape { .. }
+            | EngineError::InvalidArgument(_) => Status::invalid_argument(msg),
+            EngineError::SessionKeyConflict { .. }
+            | EngineError::StepIndexMismatch { .. }
+            | EngineError::AlreadyAppliedReplyNotKept { .. }
+            | EngineError::StepIndexOverflow { .. }
+            | EngineError::FailedPrecondition(_) => Status::failed_precondition(msg),
+            EngineError::SessionLimit { .. }
+            | EngineError::QueueFull { .. }
+            | EngineError::PredictTooLarge { .. }
+            | EngineError::ResourceExhausted(_) => Status::resource_exhausted(msg),
+            EngineError::ShuttingDown
+            | EngineError::WorkerStopped { .. }
+            | EngineError::WorkerDroppedRequest { .. }
+            | EngineError::ModelDirUnreadable { .. }
+            | EngineError::Unavailable(_) => Status::unavailable(msg),
+            EngineError::WorkerPanicked { .. } | EngineError::Internal(_) => Status::internal(msg),
         }
     }
 }
@@ -114,16 +135,20 @@ fn out_matrix(rows: usize, cols: usize, values: Vec<f32>) -> pb::Matrix {
     }
 }
 
-fn hidden(num_layers: usize, hidden_size: usize, values: Vec<f32>) -> pb::HiddenState {
+fn hidden_out(h: HiddenState) -> pb::HiddenState {
     pb::HiddenState {
-        num_layers: num_layers as u32,
-        hidden_size: hidden_size as u32,
-        values,
+        num_layers: h.layers as u32,
+        hidden_size: h.hidden as u32,
+        values: h.values,
     }
 }
 
-fn hidden_in(h: pb::HiddenState) -> (usize, usize, Vec<f32>) {
-    (h.num_layers as usize, h.hidden_size as usize, h.values)
+fn hidden_in(h: pb::HiddenState) -> HiddenState {
+    HiddenState {
+        layers: h.num_layers as usize,
+        hidden: h.hidden_size as usize,
+        values: h.values,
+    }
 }
 
 pub fn model_info(m: &ServedModel, versions: Vec<u64>) -> pb::ModelInfo {
@@ -185,8 +210,13 @@ fn step_submit(
         version = tracing::field::Empty
     );
     let started = std::time::Instant::now();
-    let pending =
-        span.in_scope(|| engine.submit_step(&req.session_id, owner, values, k, cols, start))?;
+    let input = StepInput {
+        inputs: values,
+        rows: k,
+        cols,
+        start_step: start,
+    };
+    let pending = span.in_scope(|| engine.submit_step(&req.session_id, owner, input))?;
     let served = &pending.session.model;
     span.record("model", served.name.as_str());
     span.record("version", served.version);
@@ -218,7 +248,13 @@ async fn step_finish(s: SubmittedStep) -> Result<pb::StepResponse, Status> {
     );
     let o = &reply.outcome;
     let out_cols = o.outputs.len() / s.k.max(1);
-    let state = s.return_state.then(|| hidden(l, h, o.state.clone()));
+    let state = s.return_state.then(|| {
+        hidden_out(HiddenState {
+            layers: l,
+            hidden: h,
+            values: o.state.clone(),
+        })
+    });
     Ok(pb::StepResponse {
         session_id: s.session_id,
         request_id: s.request_id,
@@ -251,8 +287,7 @@ impl GruService for GruServiceImpl {
     ) -> Result<Response<pb::ListModelsResponse>, Status> {
         let engine = self.engine()?;
         let models = engine
-            .registry
-            .list()
+            .models()
             .into_iter()
             .map(|(m, versions)| model_info(&m, versions))
             .collect();
@@ -265,8 +300,8 @@ impl GruService for GruServiceImpl {
     ) -> Result<Response<pb::GetModelResponse>, Status> {
         let engine = self.engine()?;
         let req = req.into_inner();
-        let m = engine.registry.get(&req.model, version_arg(req.version))?;
-        let versions = engine.registry.versions(&m.name);
+        let m = engine.model(&req.model, version_arg(req.version))?;
+        let versions = engine.versions(&m.name);
         Ok(Response::new(pb::GetModelResponse {
             model: Some(model_info(&m, versions)),
         }))
@@ -302,7 +337,13 @@ impl GruService for GruServiceImpl {
             .zip(out.states)
             .map(|(y, s)| pb::PredictOutput {
                 outputs: Some(out_matrix(y.len() / o, o, y)),
-                final_state: req.return_states.then(|| hidden(l, h, s)),
+                final_state: req.return_states.then(|| {
+                    hidden_out(HiddenState {
+                        layers: l,
+                        hidden: h,
+                        values: s,
+                    })
+                }),
             })
             .collect();
         Ok(Response::new(pb::PredictResponse {
@@ -320,16 +361,11 @@ impl GruService for GruServiceImpl {
         let owner = auth::tenant(&req);
         let (meta, _, r) = req.into_parts();
         let key = session_key(r.session_key.clone(), &meta);
-        let resume = r.resume.map(|s| {
-            let h = s.hidden.unwrap_or_default();
-            ExportedState {
-                model: s.model,
-                version: s.version,
-                step_index: s.step_index,
-                num_layers: h.num_layers as usize,
-                hidden_size: h.hidden_size as usize,
-                h: h.values,
-            }
+        let resume = r.resume.map(|s| ExportedState {
+            model: s.model,
+            version: s.version,
+            step_index: s.step_index,
+            hidden: hidden_in(s.hidden.unwrap_or_default()),
         });
         let (session, created) = engine.open_session(
             &r.model,
@@ -347,7 +383,7 @@ impl GruService for GruServiceImpl {
             version: session.model.version,
             step_index,
             created,
-            ttl_ms: engine.sessions.ttl().as_millis() as u64,
+            ttl_ms: engine.session_ttl().as_millis() as u64,
         }))
     }
 
@@ -467,16 +503,14 @@ impl GruService for GruServiceImpl {
     ) -> Result<Response<pb::GetSessionStateResponse>, Status> {
         let engine = self.engine()?;
         let owner = auth::tenant(&req);
-        let s = engine
-            .sessions
-            .get_owned(&req.into_inner().session_id, owner.as_deref())?;
+        let s = engine.session(&req.into_inner().session_id, owner.as_deref())?;
         let e = s.export();
         Ok(Response::new(pb::GetSessionStateResponse {
             state: Some(pb::SessionState {
                 model: e.model,
                 version: e.version,
                 step_index: e.step_index,
-                hidden: Some(hidden(e.num_layers, e.hidden_size, e.h)),
+                hidden: Some(hidden_out(e.hidden)),
             }),
         }))
     }
@@ -488,7 +522,7 @@ impl GruService for GruServiceImpl {
         let engine = self.engine()?;
         let owner = auth::tenant(&req);
         let id = req.into_inner().session_id;
-        let step_index = engine.sessions.close(&id, owner.as_deref())?;
+        let step_index = engine.close_session(&id, owner.as_deref())?;
         tracing::info!(session_id = %id, step_index, "close session");
         Ok(Response::new(pb::CloseSessionResponse { step_index }))
     }

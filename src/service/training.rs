@@ -272,7 +272,7 @@ impl Upload {
         req: pb::StartTrainingRequest,
     ) -> Result<(Upload, Vec<pb::TrainingSequence>), Status> {
         let target = target_in(&req)?;
-        let config = engine.training.target_config(&req.model, &target)?;
+        let config = engine.training().target_config(&req.model, &target)?;
         let hyper = hyper_in(req.hyperparameters)?;
         Ok((
             Upload {
@@ -282,7 +282,7 @@ impl Upload {
                 config,
                 data: Vec::new(),
                 bytes: 0,
-                max_bytes: engine.training.max_dataset_bytes(),
+                max_bytes: engine.training().max_dataset_bytes(),
             },
             req.sequences,
         ))
@@ -315,7 +315,7 @@ impl Upload {
             hyperparameters: self.hyper,
             data: self.data,
         };
-        let (job_id, position) = tokio::task::spawn_blocking(move || engine.training.submit(req))
+        let (job_id, position) = tokio::task::spawn_blocking(move || engine.training().submit(req))
             .await
             .map_err(|e| Status::internal(format!("submit task: {e}")))??;
         Ok(Response::new(pb::StartTrainingResponse {
@@ -431,7 +431,7 @@ impl TrainingService for TrainingServiceImpl {
     ) -> Result<Response<Self::WatchTrainingStream>, Status> {
         let engine = self.engine()?;
         let req = request.into_inner();
-        let mut watch = engine.training.watch(&req.job_id)?;
+        let mut watch = engine.training().watch(&req.job_id)?;
         let mut cursor = if req.from_start { 0 } else { watch.recorded() };
         let (tx, rx) = mpsc::channel(64);
         let shutdown = self.shutdown.clone();
@@ -482,7 +482,10 @@ impl TrainingService for TrainingServiceImpl {
         &self,
         request: Request<pb::GetTrainingJobRequest>,
     ) -> Result<Response<pb::TrainingJob>, Status> {
-        let s = self.engine()?.training.get(&request.into_inner().job_id)?;
+        let s = self
+            .engine()?
+            .training()
+            .get(&request.into_inner().job_id)?;
         Ok(Response::new(job_out(&s)))
     }
 
@@ -490,7 +493,7 @@ impl TrainingService for TrainingServiceImpl {
         &self,
         _request: Request<pb::ListTrainingJobsRequest>,
     ) -> Result<Response<pb::ListTrainingJobsResponse>, Status> {
-        let jobs = self.engine()?.training.list();
+        let jobs = self.engine()?.training().list();
         Ok(Response::new(pb::ListTrainingJobsResponse {
             jobs: jobs.iter().map(job_out).collect(),
         }))
@@ -502,7 +505,7 @@ impl TrainingService for TrainingServiceImpl {
     ) -> Result<Response<pb::TrainingJob>, Status> {
         let s = self
             .engine()?
-            .training
+            .training()
             .cancel(&request.into_inner().job_id)?;
         Ok(Response::new(job_out(&s)))
     }
