@@ -88,3 +88,7 @@ pub mod server;
 /// The real binary as a child process (port, SERVING, SIGTERM).
 #[cfg(feature = "grpc")]
 pub mod process;
+
+/// Sessions and StepStreams on the small model (sizes, requests, replies).
+#[cfg(feature = "grpc")]
+pub mod sessions;
