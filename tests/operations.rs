@@ -41,7 +41,7 @@ async fn shutdown_ends_open_streams() {
     let mut c = server.client();
     let sid = open(&mut c, None).await;
     let (tx, mut rx) = open_stream(&mut c).await;
-    tx.send(step_req(&sid, &rand_vec(I, 95), 1)).await.unwrap();
+    tx.send(step_req(&sid, rand_vec(I, 95), 1)).await.unwrap();
     let rep = reply(&mut rx).await;
     assert_eq!(rep.request_id, 1);
     ok_result(&rep);
@@ -250,7 +250,7 @@ async fn models_are_described() {
         .into_inner();
     assert_eq!(s3.version, 3);
     let r = c
-        .step(step_req(&s3.session_id, &[0.1; I], 0))
+        .step(step_req(&s3.session_id, [0.1; I], 0))
         .await
         .unwrap()
         .into_inner();

@@ -131,7 +131,7 @@ async fn unknown_names_are_not_found(c: &mut Client) {
     );
     let e = expect_err(
         "unknown session",
-        c.step(step_req("feedface", &[0.0; I], 0)).await,
+        c.step(step_req("feedface", [0.0; I], 0)).await,
     );
     assert_status("unknown session", &e, Code::NotFound, &["feedface"]);
     let e = expect_err(
@@ -232,7 +232,7 @@ async fn stream_answers_bad_messages_and_goes_on(
         }
     }
     // An unknown session on the stream: NOT_FOUND as an error reply.
-    tx.send(step_req("feedface", &[0.0; I], 300)).await.unwrap();
+    tx.send(step_req("feedface", [0.0; I], 300)).await.unwrap();
     let rep = reply(&mut rx).await;
     match &rep.result {
         Some(pb::step_response::Result::Error(e)) => {
@@ -375,10 +375,10 @@ async fn oversize_stream_message_is_an_error() {
     let mut c = server.client();
     let sid = open(&mut c, None).await;
     let (tx, mut rx) = open_stream(&mut c).await;
-    tx.send(step_req(&sid, &rand_vec(I, 90), 1)).await.unwrap();
+    tx.send(step_req(&sid, rand_vec(I, 90), 1)).await.unwrap();
     assert_eq!(reply(&mut rx).await.request_id, 1);
     // 4000 rows × 3 floats ≈ 48 KiB > 16 KiB.
-    tx.send(step_req(&sid, &rand_vec(4000 * I, 91), 2))
+    tx.send(step_req(&sid, rand_vec(4000 * I, 91), 2))
         .await
         .unwrap();
     match next_reply(&mut rx).await {
@@ -393,7 +393,7 @@ async fn oversize_stream_message_is_an_error() {
     }
     drop(tx);
     // The session and server are fine.
-    let r = c.step(step_req(&sid, &rand_vec(I, 92), 3)).await.unwrap();
+    let r = c.step(step_req(&sid, rand_vec(I, 92), 3)).await.unwrap();
     assert_eq!(ok_result(&r.into_inner()).start_step, 1);
     server.stop().await;
 }
@@ -415,7 +415,7 @@ async fn idle_streams_are_ended_and_sessions_survive() {
         .await
         .unwrap()
         .into_inner();
-    tx.send(step_req(&id, &rand_vec(I, 1), 1)).await.unwrap();
+    tx.send(step_req(&id, rand_vec(I, 1), 1)).await.unwrap();
     assert_eq!(ok_result(&reply(&mut replies).await).next_step, 1);
     let end = next_reply(&mut replies)
         .await
@@ -427,7 +427,7 @@ async fn idle_streams_are_ended_and_sessions_survive() {
         &["idle timeout"],
     );
     let r = c
-        .step(step_req(&id, &rand_vec(I, 2), 2))
+        .step(step_req(&id, rand_vec(I, 2), 2))
         .await
         .unwrap()
         .into_inner();

@@ -426,7 +426,7 @@ async fn session_cap_and_idempotent_open() {
     assert_eq!(again.code(), Code::ResourceExhausted);
 
     // A closed session is gone.
-    let gone = expect_err("closed", c.step(step_req(&third, &[0.1; I], 1)).await);
+    let gone = expect_err("closed", c.step(step_req(&third, [0.1; I], 1)).await);
     assert_status("step closed", &gone, Code::NotFound, &[third.as_str()]);
     let gone = expect_err(
         "close twice",

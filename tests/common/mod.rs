@@ -81,10 +81,11 @@ pub fn rand_tensor(shape: &[usize], seed: u64, scale: f64) -> Tensor {
     Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
 }
 
-/// Next-step prediction of a noisy sine wave: n sequences of x_s = sin(ω s + φ)
-/// + noise (uniform in ±0.085, σ ≈ 0.05), ω in [0.15, 0.35) rad/step, lengths
-/// t/2..=t; each as (inputs x_0..x_{len-1}, targets x_1..x_len). The one
-/// generator behind training.rs (model core) and training_server.rs (gRPC).
+/// Next-step prediction of a noisy sine wave: n sequences of
+/// x_s = sin(ω s + φ) plus uniform noise in ±0.085 (σ ≈ 0.05), ω in
+/// [0.15, 0.35) rad/step, lengths t/2..=t; each as (inputs x_0..x_{len-1},
+/// targets x_1..x_len). The one generator behind training.rs (model core)
+/// and training_server.rs (gRPC).
 pub fn noisy_sine(n: usize, t: usize, seed: u64) -> Vec<(Vec<f32>, Vec<f32>)> {
     use rand::{Rng, SeedableRng};
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
