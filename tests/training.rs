@@ -11,6 +11,8 @@ use gru_serve::model::train::{
 use gru_serve::model::{GruModel, ModelConfig, ModelError, ResetMode, Task};
 use rand::{Rng, SeedableRng};
 
+mod common;
+
 /// The adding problem (Hochreiter & Schmidhuber): inputs (value ~ U(0,1),
 /// marker); two steps are marked; the target at the last step is the sum of
 /// the two marked values. Predicting the mean gives MSE = 2/12 ≈ 0.167.
@@ -41,26 +43,17 @@ fn adding_problem(n: usize, t: usize, seed: u64) -> Vec<Sequence> {
         .collect()
 }
 
-/// Next-step prediction of a noisy sine wave: x_t = sin(ω t + φ) + noise
-/// (uniform, σ ≈ 0.05), target x_{t+1}. Noise alone bounds the best MSE at
-/// σ² ≈ 0.0024; predicting the current value is the baseline to beat.
+/// Next-step prediction of a noisy sine wave (`common::noisy_sine`):
+/// x_t = sin(ω t + φ) + noise (uniform, σ ≈ 0.05), target x_{t+1}. Noise
+/// alone bounds the best MSE at σ² ≈ 0.0024; predicting the current value is
+/// the baseline to beat.
 fn noisy_sine(n: usize, t: usize, seed: u64) -> Vec<Sequence> {
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    (0..n)
-        .map(|_| {
-            let w: f32 = rng.random_range(0.15..0.35);
-            let phase: f32 = rng.random_range(0.0..std::f32::consts::TAU);
-            let len = rng.random_range(t / 2..=t);
-            let xs: Vec<f32> = (0..=len)
-                .map(|s| {
-                    (w * s as f32 + phase).sin() + 0.05 * (rng.random::<f32>() * 2.0 - 1.0) * 1.7
-                })
-                .collect();
-            Sequence {
-                inputs: xs[..len].to_vec(),
-                target: SeqTarget::Values(xs[1..].to_vec()),
-                weights: None,
-            }
+    common::noisy_sine(n, t, seed)
+        .into_iter()
+        .map(|(inputs, targets)| Sequence {
+            inputs,
+            target: SeqTarget::Values(targets),
+            weights: None,
         })
         .collect()
 }

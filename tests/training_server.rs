@@ -27,7 +27,6 @@ use gru_serve::server::ServerConfig;
 use gru_serve::service::pb;
 use gru_serve::service::pb::training_event::Event;
 use gru_serve::service::pb::training_service_client::TrainingServiceClient;
-use rand::{Rng, SeedableRng};
 use tempfile::TempDir;
 use tokio_stream::StreamExt;
 use tonic::transport::Channel;
@@ -59,24 +58,6 @@ async fn serving_with(config: ServerConfig) -> TestServer {
     s
 }
 
-/// Noisy sine sequences: inputs x_0..x_{len-1}, targets x_1..x_len.
-fn noisy_sine(n: usize, t: usize, seed: u64) -> Vec<(Vec<f32>, Vec<f32>)> {
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    (0..n)
-        .map(|_| {
-            let w: f32 = rng.random_range(0.15..0.35);
-            let phase: f32 = rng.random_range(0.0..std::f32::consts::TAU);
-            let len = rng.random_range(t / 2..=t);
-            let xs: Vec<f32> = (0..=len)
-                .map(|s| {
-                    (w * s as f32 + phase).sin() + 0.05 * (rng.random::<f32>() * 2.0 - 1.0) * 1.7
-                })
-                .collect();
-            (xs[..len].to_vec(), xs[1..].to_vec())
-        })
-        .collect()
-}
-
 fn regression_seq(
     inputs: Vec<f32>,
     cols: usize,
@@ -91,8 +72,9 @@ fn regression_seq(
     }
 }
 
+/// `common::noisy_sine` as regression sequences of one input and one target.
 fn sine_seqs(n: usize, t: usize, seed: u64) -> Vec<pb::TrainingSequence> {
-    noisy_sine(n, t, seed)
+    common::noisy_sine(n, t, seed)
         .into_iter()
         .map(|(x, y)| regression_seq(x, 1, y, 1))
         .collect()
@@ -304,7 +286,7 @@ async fn trains_a_new_model_watches_it_and_serves_it_across_a_restart() {
     );
     let (mut se, mut copy, mut n) = (0.0f64, 0.0f64, 0.0f64);
     const WARMUP: usize = 5;
-    let held_out = noisy_sine(8, 40, 99);
+    let held_out = common::noisy_sine(8, 40, 99);
     for (x, y) in &held_out {
         let id = open_latest(&mut c, "sine").await.session_id;
         for (s, (&xt, &yt)) in x.iter().zip(y).enumerate() {

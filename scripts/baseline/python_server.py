@@ -2,7 +2,7 @@
 """The server a user would otherwise write: grpcio + PyTorch, with or without a micro-batcher.
 
 A plain Python gRPC server for the subset of `gru.v1.GruService` that
-`examples/loadgen.rs` uses (GetModel, OpenSession, StepStream, plus Step and
+`examples/loadgen/` uses (GetModel, OpenSession, StepStream, plus Step and
 CloseSession), backed by one `torch.nn.GRU` on the CPU. Each session's hidden
 state lives in a dict. In the `thread` and `aio` modes each message's k steps
 run through `nn.GRU` on their own (batch 1) — NO cross-session batching, which

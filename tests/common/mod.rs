@@ -81,6 +81,29 @@ pub fn rand_tensor(shape: &[usize], seed: u64, scale: f64) -> Tensor {
     Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
 }
 
+/// Next-step prediction of a noisy sine wave: n sequences of
+/// x_s = sin(ω s + φ) plus uniform noise in ±0.085 (σ ≈ 0.05), ω in
+/// [0.15, 0.35) rad/step, lengths t/2..=t; each as (inputs x_0..x_{len-1},
+/// targets x_1..x_len). The one generator behind training.rs (model core)
+/// and training_server.rs (gRPC).
+pub fn noisy_sine(n: usize, t: usize, seed: u64) -> Vec<(Vec<f32>, Vec<f32>)> {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    (0..n)
+        .map(|_| {
+            let w: f32 = rng.random_range(0.15..0.35);
+            let phase: f32 = rng.random_range(0.0..std::f32::consts::TAU);
+            let len = rng.random_range(t / 2..=t);
+            let xs: Vec<f32> = (0..=len)
+                .map(|s| {
+                    (w * s as f32 + phase).sin() + 0.05 * (rng.random::<f32>() * 2.0 - 1.0) * 1.7
+                })
+                .collect();
+            (xs[..len].to_vec(), xs[1..].to_vec())
+        })
+        .collect()
+}
+
 /// The gRPC test harness (server on port 0, model folders, status checks).
 #[cfg(feature = "grpc")]
 pub mod server;
@@ -88,3 +111,7 @@ pub mod server;
 /// The real binary as a child process (port, SERVING, SIGTERM).
 #[cfg(feature = "grpc")]
 pub mod process;
+
+/// Sessions and StepStreams on the small model (sizes, requests, replies).
+#[cfg(feature = "grpc")]
+pub mod sessions;

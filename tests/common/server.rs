@@ -205,8 +205,10 @@ pub const TOL: f32 = 1e-6;
 
 // ---------------------------------------------------------------- model repositories
 
-/// A step message for a session on the small model (`small_repo`: 3 inputs).
-pub fn step_req(session: &str, inputs: Vec<f32>, request_id: u64) -> pb::StepRequest {
+/// A step message for a session on the small model (`small_repo`: 3 inputs),
+/// its rows taken from `inputs` (a `Vec` or a slice of one).
+pub fn step_req(session: &str, inputs: impl AsRef<[f32]>, request_id: u64) -> pb::StepRequest {
+    let inputs = inputs.as_ref().to_vec();
     pb::StepRequest {
         session_id: session.into(),
         inputs: Some(matrix(inputs.len() / 3, 3, inputs)),
