@@ -73,6 +73,8 @@ pub enum EngineError {
     Unavailable(String),
     #[error("internal error: {0}")]
     Internal(String),
+    #[error(transparent)]
+    Training(#[from] training::TrainingError),
 }
 
 impl EngineError {
@@ -93,6 +95,7 @@ impl EngineError {
             EngineError::ResourceExhausted(_) => "resource_exhausted",
             EngineError::Unavailable(_) => "unavailable",
             EngineError::Internal(_) => "internal",
+            EngineError::Training(e) => e.label(),
         }
     }
 }

@@ -48,6 +48,23 @@ impl From<EngineError> for Status {
             EngineError::ResourceExhausted(_) => Status::resource_exhausted(msg),
             EngineError::Unavailable(_) => Status::unavailable(msg),
             EngineError::Internal(_) => Status::internal(msg),
+            EngineError::Training(e) => {
+                use crate::engine::training::TrainingError as T;
+                match e {
+                    T::BadModelName(_)
+                    | T::BadNewModel(_)
+                    | T::BadHyperparameter(_)
+                    | T::BadDataset(_) => Status::invalid_argument(msg),
+                    T::ModelTooLarge { .. }
+                    | T::DatasetTooLarge { .. }
+                    | T::BatchTooLarge { .. }
+                    | T::QueueFull { .. } => Status::resource_exhausted(msg),
+                    T::ShuttingDown => Status::unavailable(msg),
+                    T::JobNotFound(_) => Status::not_found(msg),
+                    T::AlreadyEnded { .. } => Status::failed_precondition(msg),
+                    T::PublishFailed(_) => Status::internal(msg),
+                }
+            }
         }
     }
 }
