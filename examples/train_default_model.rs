@@ -54,9 +54,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         if p.epoch_done {
             println!(
                 "epoch {:>2}: train {:.5}  validation {:.5}",
-                p.epoch + 1,
+                p.epoch,
                 p.train_loss,
-                p.val_loss.unwrap_or(f64::NAN)
+                p.validation_loss.unwrap_or(f64::NAN)
             );
         }
     })?;

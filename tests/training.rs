@@ -110,7 +110,7 @@ fn learns_the_adding_problem() {
         val < 0.02,
         "validation MSE {val} not below 0.02 (baseline 0.167)"
     );
-    assert!(last.unwrap().val_loss.is_some());
+    assert!(last.unwrap().validation_loss.is_some());
 }
 
 #[test]
@@ -242,7 +242,7 @@ fn early_stopping_keeps_the_best_epoch() {
         &tc,
         &AtomicBool::new(false),
         &mut |p: &Progress| {
-            if let Some(v) = p.val_loss {
+            if let Some(v) = p.validation_loss {
                 vals.push(v);
             }
         },

@@ -252,10 +252,25 @@ async fn trains_a_new_model_watches_it_and_serves_it_across_a_restart() {
     assert!(progress
         .windows(2)
         .all(|w| (w[0].epoch, w[0].batch) <= (w[1].epoch, w[1].batch)));
-    assert!(progress
-        .iter()
-        .any(|p| !p.epoch_done && p.grad_norm.is_finite() && p.sequences_per_second > 0.0));
+    assert!(progress.iter().any(|p| !p.epoch_done
+        && p.grad_norm.is_some_and(f64::is_finite)
+        && p.sequences_per_second > 0.0));
     assert_eq!(epoch_ends.last().unwrap().eta_seconds, 0.0);
+    // No event carries a non-finite number: a value that does not exist (an
+    // epoch end's gradient norm) is left unset, never NaN.
+    for p in &progress {
+        let numbers = [
+            Some(p.train_loss),
+            p.validation_loss,
+            p.grad_norm,
+            Some(p.sequences_per_second),
+            Some(p.learning_rate),
+            Some(p.elapsed_seconds),
+            Some(p.eta_seconds),
+        ];
+        assert!(numbers.iter().flatten().all(|v| v.is_finite()), "{p:?}");
+        assert_eq!(p.grad_norm.is_none(), p.epoch_done, "{p:?}");
+    }
 
     let job = final_job(&events);
     assert_eq!(state_of(&job), pb::JobState::Succeeded, "{}", job.error);

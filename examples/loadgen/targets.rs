@@ -68,14 +68,15 @@ impl InProcess {
     }
 
     pub fn start_gru(args: &Args) -> Result<InProcess, BoxError> {
-        use gru_serve::model::{weights, GruModel, ModelConfig};
+        use gru_serve::formats::native;
+        use gru_serve::model::{GruModel, ModelConfig};
         let dir = tempfile::tempdir()?;
         let mut cfg = ModelConfig::new(args.input_size, args.hidden_size, args.layers);
         if let Some(o) = args.head {
             cfg = cfg.with_head(o);
         }
         let model = GruModel::init(cfg, args.seed, &candle_core::Device::Cpu)?;
-        weights::save_native(&model, &dir.path().join(&args.model).join("1"))?;
+        native::save_native(&model, &dir.path().join(&args.model).join("1"))?;
 
         let mut config = gru_serve::server::ServerConfig::default();
         config.engine.model_dir = dir.path().to_path_buf();

@@ -39,8 +39,7 @@ impl From<EngineError> for Status {
             EngineError::ModelNotFound(_)
             | EngineError::VersionNotFound { .. }
             | EngineError::SessionNotFound(_)
-            | EngineError::SessionExpired { .. }
-            | EngineError::JobNotFound(_) => Status::not_found(msg),
+            | EngineError::SessionExpired { .. } => Status::not_found(msg),
             EngineError::BadId { .. }
             | EngineError::ModelRequired
             | EngineError::NotFinite { .. }
@@ -53,22 +52,36 @@ impl From<EngineError> for Status {
             | EngineError::PredictSequenceCount { .. }
             | EngineError::PredictStepCount { .. }
             | EngineError::PredictInputShape { .. }
-            | EngineError::InvalidArgument(_) => Status::invalid_argument(msg),
+            | EngineError::ModelInput(_) => Status::invalid_argument(msg),
             EngineError::SessionKeyConflict { .. }
             | EngineError::StepIndexMismatch { .. }
             | EngineError::AlreadyAppliedReplyNotKept { .. }
-            | EngineError::StepIndexOverflow { .. }
-            | EngineError::FailedPrecondition(_) => Status::failed_precondition(msg),
+            | EngineError::StepIndexOverflow { .. } => Status::failed_precondition(msg),
             EngineError::SessionLimit { .. }
             | EngineError::QueueFull { .. }
-            | EngineError::PredictTooLarge { .. }
-            | EngineError::ResourceExhausted(_) => Status::resource_exhausted(msg),
+            | EngineError::PredictTooLarge { .. } => Status::resource_exhausted(msg),
             EngineError::ShuttingDown
             | EngineError::WorkerStopped { .. }
             | EngineError::WorkerDroppedRequest { .. }
-            | EngineError::ModelDirUnreadable { .. }
-            | EngineError::Unavailable(_) => Status::unavailable(msg),
+            | EngineError::ModelDirUnreadable { .. } => Status::unavailable(msg),
             EngineError::WorkerPanicked { .. } | EngineError::Internal(_) => Status::internal(msg),
+            EngineError::Training(e) => {
+                use crate::engine::training::TrainingError as T;
+                match e {
+                    T::BadModelName(_)
+                    | T::BadNewModel(_)
+                    | T::BadHyperparameter(_)
+                    | T::BadDataset(_) => Status::invalid_argument(msg),
+                    T::ModelTooLarge { .. }
+                    | T::DatasetTooLarge { .. }
+                    | T::BatchTooLarge { .. }
+                    | T::QueueFull { .. } => Status::resource_exhausted(msg),
+                    T::ShuttingDown => Status::unavailable(msg),
+                    T::JobNotFound(_) => Status::not_found(msg),
+                    T::AlreadyEnded { .. } => Status::failed_precondition(msg),
+                    T::PublishFailed(_) => Status::internal(msg),
+                }
+            }
         }
     }
 }

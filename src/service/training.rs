@@ -10,11 +10,9 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::{matrix, pb};
-use crate::engine::training::{
-    sequence_bytes, JobRequest, JobState, JobStatus, JobTarget, ProgressEvent,
-};
+use crate::engine::training::{sequence_bytes, JobRequest, JobState, JobStatus, JobTarget};
 use crate::engine::Engine;
-use crate::model::train::{OptimizerKind, Schedule, SeqTarget, Sequence, TrainConfig};
+use crate::model::train::{OptimizerKind, Progress, Schedule, SeqTarget, Sequence, TrainConfig};
 use crate::model::{ModelConfig, ResetMode, Task};
 use pb::training_service_server::TrainingService;
 
@@ -326,7 +324,7 @@ impl Upload {
     }
 }
 
-fn progress_out(p: &ProgressEvent) -> pb::TrainingProgress {
+fn progress_out(p: &Progress) -> pb::TrainingProgress {
     pb::TrainingProgress {
         epoch: p.epoch as u32,
         epochs: p.epochs as u32,
@@ -334,7 +332,7 @@ fn progress_out(p: &ProgressEvent) -> pb::TrainingProgress {
         batches_per_epoch: p.batches_per_epoch as u32,
         train_loss: p.train_loss,
         validation_loss: p.validation_loss,
-        grad_norm: p.grad_norm.unwrap_or(f64::NAN),
+        grad_norm: p.grad_norm,
         sequences_per_second: p.sequences_per_second,
         learning_rate: p.learning_rate,
         elapsed_seconds: p.elapsed_seconds,

@@ -9,6 +9,7 @@
 //! "gru_prefix": "gru.", "head_prefix": "head."}` (task and prefixes matter
 //! for imports; the description is shown by GetModel). Versions are positive
 //! integers. A folder that fails to load is skipped with a log line.
+//! New versions are written by [`Registry::publish`] (`publish.rs`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -24,6 +25,9 @@ use super::{EngineConfig, EngineError};
 use crate::formats::native;
 use crate::formats::pytorch::{self, PytorchNames};
 use crate::model::{GruModel, Task};
+
+mod publish;
+pub use publish::{NewVersion, PublishError, PublishFault, PROVENANCE_FILE};
 
 /// Optional per-version serving metadata (`serving.json`).
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -124,6 +128,15 @@ pub fn load_version_dir(dir: &Path, device: &Device) -> Result<(GruModel, ModelM
     ))
 }
 
+/// The largest positive version number among `root`'s folder names.
+fn latest_on_disk(root: &Path) -> std::io::Result<Option<u64>> {
+    Ok(std::fs::read_dir(root)?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u64>().ok())
+        .filter(|&v| v > 0)
+        .max())
+}
+
 /// The newest modification time of a folder and the files in it: changes
 /// when files are added, replaced or rewritten.
 fn newest_mtime(dir: &Path) -> Option<SystemTime> {
@@ -137,7 +150,10 @@ fn newest_mtime(dir: &Path) -> Option<SystemTime> {
 }
 
 impl Registry {
+    /// Deletes half-written versions left by a crash, then loads every
+    /// version folder.
     pub fn load(config: &EngineConfig) -> Result<Registry, EngineError> {
+        publish::clean_temporaries(&config.model_dir);
         let reg = Registry {
             models: RwLock::new(BTreeMap::new()),
             config: config.clone(),
@@ -358,12 +374,8 @@ pub fn export_pytorch(
     let root = model_dir.join(name);
     let version = match version {
         Some(v) => v,
-        None => std::fs::read_dir(&root)
+        None => latest_on_disk(&root)
             .map_err(|e| format!("model '{name}': {}: {e}", root.display()))?
-            .flatten()
-            .filter_map(|e| e.file_name().to_str()?.parse::<u64>().ok())
-            .filter(|&v| v > 0)
-            .max()
             .ok_or_else(|| {
                 format!(
                     "model '{name}' has no version folders in {}",
