@@ -27,7 +27,8 @@ pub struct Args {
     #[arg(long, env = "GRU_LISTEN", default_value = "0.0.0.0:50051")]
     pub listen: SocketAddr,
 
-    /// Address of the Prometheus /metrics HTTP endpoint; "off" disables it.
+    /// Address of the HTTP port: Prometheus /metrics and the health checks
+    /// /livez, /readyz, /readyz/models/NAME; "off" disables it.
     #[arg(long, env = "GRU_METRICS_LISTEN", default_value = "0.0.0.0:9090", value_parser = parse_listen)]
     pub metrics_listen: String,
 
@@ -206,6 +207,19 @@ pub struct Args {
     /// sampled flag decides for its own traces.
     #[arg(long, env = "GRU_OTLP_SAMPLE_RATIO", default_value_t = 1.0, value_parser = parse_fraction)]
     pub otlp_sample_ratio: f64,
+
+    // Observability (issue 17): the access log and the readiness window.
+    /// One log line per RPC (target gru_serve::access): method, code,
+    /// duration, peer, model and session where known. Without it only
+    /// failed RPCs are logged (at info, warn or error by code).
+    #[arg(long, env = "GRU_ACCESS_LOG")]
+    pub access_log: bool,
+
+    /// Seconds between SIGTERM and closing the gRPC port: /readyz answers
+    /// 503 and grpc health NOT_SERVING at once, requests are still served,
+    /// so load balancers stop routing first (0 = close at once).
+    #[arg(long, env = "GRU_SHUTDOWN_DELAY_SECS", default_value_t = 0)]
+    pub shutdown_delay_secs: u64,
 }
 
 fn parse_fraction(s: &str) -> Result<f64, String> {
@@ -362,6 +376,8 @@ impl Args {
             max_streams: self.max_streams,
             drain_timeout: Duration::from_secs(self.drain_timeout_secs),
             metrics_listen: self.metrics_addr(),
+            access_log: self.access_log,
+            shutdown_delay: Duration::from_secs(self.shutdown_delay_secs),
             tls: match (&self.tls_cert, &self.tls_key) {
                 (Some(cert), Some(key)) => Some(TlsFiles {
                     cert: cert.clone(),
