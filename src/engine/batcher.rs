@@ -76,7 +76,10 @@ impl WorkerMetrics {
     /// `name` is the worker's `model/version`.
     fn labelled(name: &str) -> Self {
         let (model, version) = name.rsplit_once('/').unwrap_or((name, ""));
-        let labels = [("model", model.to_string()), ("version", version.to_string())];
+        let labels = [
+            ("model", model.to_string()),
+            ("version", version.to_string()),
+        ];
         WorkerMetrics {
             batch_sessions: metrics::histogram!("gru_batch_sessions", &labels),
             step_latency: metrics::histogram!("gru_step_latency_seconds", &labels),

@@ -167,10 +167,11 @@ pub async fn serve(listener: TcpListener, ready: Arc<Readiness>, shutdown: Cance
             },
         };
         let ready = ready.clone();
-        let service = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-            let response = route(req.method(), req.uri().path(), &ready);
-            async move { Ok::<_, Infallible>(response) }
-        });
+        let service =
+            hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                let response = route(req.method(), req.uri().path(), &ready);
+                async move { Ok::<_, Infallible>(response) }
+            });
         let conn = hyper::server::conn::http1::Builder::new()
             .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
         let stop = shutdown.clone();

@@ -221,7 +221,10 @@ pub fn code_name(code: tonic::Code) -> &'static str {
 /// Predict's metrics for the model version that answered (not the step path:
 /// one call, whatever its size, so the labels are built here).
 pub fn record_predict(model: &str, version: u64, sequences: usize, elapsed: Duration) {
-    let labels = [("model", model.to_string()), ("version", version.to_string())];
+    let labels = [
+        ("model", model.to_string()),
+        ("version", version.to_string()),
+    ];
     metrics::counter!("gru_predict_requests_total", &labels).increment(1);
     metrics::counter!("gru_predict_sequences_total", &labels).increment(sequences as u64);
     metrics::histogram!("gru_predict_duration_seconds", &labels).record(elapsed.as_secs_f64());
@@ -294,7 +297,10 @@ mod tests {
     fn code_names_are_grpc_canonical_names() {
         assert_eq!(code_name(tonic::Code::Ok), "OK");
         assert_eq!(code_name(tonic::Code::NotFound), "NOT_FOUND");
-        assert_eq!(code_name(tonic::Code::ResourceExhausted), "RESOURCE_EXHAUSTED");
+        assert_eq!(
+            code_name(tonic::Code::ResourceExhausted),
+            "RESOURCE_EXHAUSTED"
+        );
         for n in 0..17 {
             let name = code_name(tonic::Code::from_i32(n));
             assert!(name.chars().all(|c| c.is_ascii_uppercase() || c == '_'));

@@ -111,9 +111,9 @@ impl MethodMetrics {
     /// Ours, at the response head (unchanged from before the grpc_server_* families).
     fn answered(&self, code: Code, elapsed: f64) {
         let by = |family: &'static str, cell: &OnceLock<Counter>| {
-            cell.get_or_init(|| {
-                metrics::counter!(family, "method" => self.method, "code" => code_name(code))
-            })
+            cell.get_or_init(
+                || metrics::counter!(family, "method" => self.method, "code" => code_name(code)),
+            )
             .increment(1)
         };
         by("gru_rpc_requests_total", &self.requests[code as usize]);

@@ -444,7 +444,10 @@ mod tests {
             "debug,h2=warn,hyper=warn,hyper_util=warn,tonic=warn,tower=warn"
         );
         let named = quiet_transport("info,h2=trace,tonic::transport=debug");
-        assert!(!named.contains("h2=warn") && !named.contains("tonic=warn"), "{named}");
+        assert!(
+            !named.contains("h2=warn") && !named.contains("tonic=warn"),
+            "{named}"
+        );
         assert!(named.contains("hyper=warn"), "{named}");
     }
 }

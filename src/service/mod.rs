@@ -354,7 +354,10 @@ impl GruService for GruServiceImpl {
         let step_index = session.lock().step_index;
         tracing::info!(session_id = %session.id, model = %session.model.name, version = session.model.version, created, "open session");
         if created {
-            crate::server::metrics::record_session_opened(&session.model.name, session.model.version);
+            crate::server::metrics::record_session_opened(
+                &session.model.name,
+                session.model.version,
+            );
         }
         crate::server::rpc::note_model(&session.model.name, session.model.version);
         crate::server::rpc::note_session(&session.id);
