@@ -84,6 +84,16 @@ async fn metrics_move_with_traffic() {
         c.step(step_req("nope", rand_vec(I, 9), 0)).await,
     );
     assert_eq!(missing.code(), Code::NotFound);
+    c.predict(gru_serve::service::pb::PredictRequest {
+        model: "m".into(),
+        sequences: vec![gru_serve::service::pb::PredictSequence {
+            inputs: Some(matrix(2, I, rand_vec(2 * I, 5))),
+            initial_state: None,
+        }],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
 
     // The gauges are refreshed once a second: poll until they show this
     // server's one session and one loaded version.
@@ -164,6 +174,10 @@ async fn metrics_move_with_traffic() {
         4.0
     );
     assert!(after.contains_key(r#"gru_sessions_opened_total{model="m",version="1"}"#));
+    assert_eq!(
+        delta(r#"gru_predict_sequences_total{model="m",version="1"}"#),
+        1.0
+    );
     assert!(after.contains_key("gru_sessions_max"));
     assert!(after.contains_key("process_resident_memory_bytes"));
     assert!(after

@@ -49,6 +49,7 @@ pub fn handle() -> &'static PrometheusHandle {
         }
         describe();
         build_info();
+        zero_counters();
         handle
     })
 }
@@ -169,6 +170,22 @@ fn describe() {
         "gru_build_info",
         "Always 1; the labels say which build runs: version, git_sha, features."
     );
+}
+
+/// The unlabelled counters of rare events exist from the start at 0:
+/// `increase()` in an alert sees the first event only if the series existed
+/// before it.
+fn zero_counters() {
+    for name in [
+        "gru_model_load_failures_total",
+        "gru_worker_panics_total",
+        "gru_training_batches_total",
+    ] {
+        metrics::counter!(name).absolute(0);
+    }
+    for outcome in ["succeeded", "failed", "cancelled", "interrupted"] {
+        metrics::counter!("gru_training_jobs_finished_total", "outcome" => outcome).absolute(0);
+    }
 }
 
 /// `gru_build_info{version,git_sha,features} 1`, as Prometheus' own
