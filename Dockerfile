@@ -38,19 +38,22 @@ COPY --from=builder /out/gru-serve /usr/local/bin/gru-serve
 # The built-in model repository, so the image serves out of the box. Owned by
 # the server's uid: training writes new model versions into it.
 COPY --chown=10001:10001 models/ /models/
+# JSON log lines: what log collectors parse (GRU_LOG_FORMAT=text for people).
 ENV GRU_MODEL_DIR=/models \
     GRU_LISTEN=0.0.0.0:50051 \
-    GRU_METRICS_LISTEN=0.0.0.0:9090
+    GRU_METRICS_LISTEN=0.0.0.0:9090 \
+    GRU_LOG_FORMAT=json
 VOLUME ["/models"]
 USER 10001:10001
 # gRPC (gru.v1, grpc.health.v1, reflection); Prometheus text format on
-# http://<host>:9090/metrics.
+# http://<host>:9090/metrics, HTTP health on :9090/livez and /readyz.
 EXPOSE 50051 9090
 # The server drains in-flight requests on SIGTERM (GRU_DRAIN_TIMEOUT, 10 s
 # by default): give `docker stop` a longer --time than that.
 STOPSIGNAL SIGTERM
-# Asks grpc.health.v1 on 127.0.0.1:50051; if GRU_LISTEN moves the port, set
-# GRU_HEALTH_ADDR to match.
+# Asks grpc.health.v1 on 127.0.0.1:50051 (the same answer as /readyz; the
+# image has no curl, and the binary speaks gRPC); if GRU_LISTEN moves the
+# port, set GRU_HEALTH_ADDR to match.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
     CMD ["gru-serve", "health"]
 ENTRYPOINT ["gru-serve"]

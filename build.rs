@@ -2,6 +2,7 @@
 //! `protoc` is needed on any machine that builds gru-serve.
 
 fn main() {
+    git_sha();
     #[cfg(feature = "onnx")]
     compile_onnx();
     #[cfg(feature = "grpc")]
@@ -34,4 +35,36 @@ fn compile_gru() {
         .extern_path(".gru.v1.Matrix", "crate::service::pb::Matrix")
         .compile_fds(fds)
         .expect("generate gru.v1 gRPC code");
+}
+
+/// `GRU_GIT_SHA` for `gru_build_info`: the commit being built, or "unknown"
+/// where there is no git (the Docker build copies no .git).
+fn git_sha() {
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+    };
+    let sha = git(&["rev-parse", "--short=12", "HEAD"]);
+    if sha.is_some() {
+        // Rebuild the label when HEAD moves (a commit, a checkout).
+        // (A missing file would rerun this script on every build: skipped.)
+        let branch = git(&["symbolic-ref", "-q", "HEAD"]);
+        for path in std::iter::once("HEAD").chain(branch.as_deref()) {
+            if let Some(p) = git(&["rev-parse", "--git-path", path]) {
+                if std::path::Path::new(&p).exists() {
+                    println!("cargo:rerun-if-changed={p}");
+                }
+            }
+        }
+    }
+    println!(
+        "cargo:rustc-env=GRU_GIT_SHA={}",
+        sha.as_deref().unwrap_or("unknown")
+    );
 }

@@ -84,6 +84,16 @@ async fn metrics_move_with_traffic() {
         c.step(step_req("nope", rand_vec(I, 9), 0)).await,
     );
     assert_eq!(missing.code(), Code::NotFound);
+    c.predict(gru_serve::service::pb::PredictRequest {
+        model: "m".into(),
+        sequences: vec![gru_serve::service::pb::PredictSequence {
+            inputs: Some(matrix(2, I, rand_vec(2 * I, 5))),
+            initial_state: None,
+        }],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
 
     // The gauges are refreshed once a second: poll until they show this
     // server's one session and one loaded version.
@@ -107,39 +117,164 @@ async fn metrics_move_with_traffic() {
     };
     let delta =
         |k: &str| after.get(k).copied().unwrap_or(0.0) - before.get(k).copied().unwrap_or(0.0);
-    let ok_steps = r#"gru_rpc_requests_total{code="Ok",method="gru.v1.GruService/Step"}"#;
+    let ok_steps = r#"gru_rpc_requests_total{code="OK",method="gru.v1.GruService/Step"}"#;
     assert_eq!(delta(ok_steps), 3.0, "{ok_steps}");
-    let not_found = r#"gru_rpc_failures_total{code="NotFound",method="gru.v1.GruService/Step"}"#;
+    let not_found = r#"gru_rpc_failures_total{code="NOT_FOUND",method="gru.v1.GruService/Step"}"#;
     assert_eq!(delta(not_found), 1.0, "{not_found}");
     let not_found_requests =
-        r#"gru_rpc_requests_total{code="NotFound",method="gru.v1.GruService/Step"}"#;
+        r#"gru_rpc_requests_total{code="NOT_FOUND",method="gru.v1.GruService/Step"}"#;
     assert_eq!(delta(not_found_requests), 1.0, "{not_found_requests}");
-    assert_eq!(delta("gru_steps_total"), 6.0, "rows computed");
+    // The inference families carry the loaded model's name and version.
+    let mv = r#"model="m",version="1""#;
+    assert_eq!(
+        delta(&format!("gru_steps_total{{{mv}}}")),
+        6.0,
+        "rows computed"
+    );
     // Real histograms: cumulative buckets with `le`, a count and a sum.
     assert_eq!(
-        delta(r#"gru_step_latency_seconds_bucket{le="+Inf"}"#),
+        delta(&format!(
+            r#"gru_step_latency_seconds_bucket{{le="+Inf",{mv}}}"#
+        )),
         3.0,
         "one latency per computed step message"
     );
-    assert_eq!(delta("gru_step_latency_seconds_count"), 3.0);
+    assert_eq!(
+        delta(&format!("gru_step_latency_seconds_count{{{mv}}}")),
+        3.0
+    );
     assert!(
-        after.contains_key(r#"gru_step_latency_seconds_bucket{le="0.001"}"#),
+        after.contains_key(&format!(
+            r#"gru_step_latency_seconds_bucket{{le="0.001",{mv}}}"#
+        )),
         "no fixed buckets"
     );
+    // The grpc-ecosystem server families move with the same traffic.
+    let step = r#"grpc_method="Step",grpc_service="gru.v1.GruService",grpc_type="unary""#;
+    assert_eq!(delta(&format!("grpc_server_started_total{{{step}}}")), 4.0);
+    assert_eq!(
+        delta(&format!(
+            r#"grpc_server_handled_total{{grpc_code="OK",{step}}}"#
+        )),
+        3.0
+    );
+    assert_eq!(
+        delta(&format!(
+            r#"grpc_server_handled_total{{grpc_code="NOT_FOUND",{step}}}"#
+        )),
+        1.0
+    );
+    assert_eq!(
+        delta(&format!("grpc_server_msg_received_total{{{step}}}")),
+        4.0
+    );
+    assert_eq!(delta(&format!("grpc_server_msg_sent_total{{{step}}}")), 3.0);
+    assert_eq!(
+        delta(&format!("grpc_server_handling_seconds_count{{{step}}}")),
+        4.0
+    );
+    assert!(after.contains_key(r#"gru_sessions_opened_total{model="m",version="1"}"#));
+    assert_eq!(
+        delta(r#"gru_predict_sequences_total{model="m",version="1"}"#),
+        1.0
+    );
+    assert!(after.contains_key("gru_sessions_max"));
+    assert!(after.contains_key("process_resident_memory_bytes"));
+    assert!(after
+        .keys()
+        .any(|k| k.starts_with("gru_build_info{") && k.contains(r#"version="0.1.0""#)));
+    promtool_check(&text);
     assert!(
         !text.contains("gru_step_latency_seconds{quantile"),
         "rendered as a summary"
     );
     // Three lone Steps: three batches of one session each.
-    assert_eq!(delta(r#"gru_batch_sessions_bucket{le="+Inf"}"#), 3.0);
-    assert_eq!(delta(r#"gru_batch_sessions_bucket{le="1"}"#), 3.0);
-    assert_eq!(delta("gru_batch_sessions_sum"), 3.0);
+    assert_eq!(
+        delta(&format!(r#"gru_batch_sessions_bucket{{le="+Inf",{mv}}}"#)),
+        3.0
+    );
+    assert_eq!(
+        delta(&format!(r#"gru_batch_sessions_bucket{{le="1",{mv}}}"#)),
+        3.0
+    );
+    assert_eq!(delta(&format!("gru_batch_sessions_sum{{{mv}}}")), 3.0);
     assert_eq!(
         delta(r#"gru_rpc_duration_seconds_count{method="gru.v1.GruService/Step"}"#),
         4.0
     );
     assert!(after.contains_key(r#"gru_training_jobs{state="running"}"#));
+    // The deploy/ dashboard and alert rules only query families that exist.
+    for file in [
+        "deploy/grafana/gru-serve.json",
+        "deploy/prometheus/alerts.yaml",
+    ] {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(file);
+        let src = std::fs::read_to_string(&path).unwrap();
+        for name in metric_names(&src) {
+            let family = ["_bucket", "_sum", "_count"]
+                .iter()
+                .fold(name.as_str(), |n, s| n.strip_suffix(s).unwrap_or(n));
+            assert!(
+                text.contains(&format!("# TYPE {family} ")),
+                "{file} queries {name}, which /metrics does not have"
+            );
+        }
+    }
     let (status, _) = http_get(port, "/other").await;
     assert!(status.contains("404"), "{status}");
     server.stop().await;
+}
+
+/// `promtool check metrics` on a scrape: clean (HELP on every family, names
+/// and types as Prometheus wants). Skipped, saying so, without promtool;
+/// .ci/run installs it.
+fn promtool_check(text: &str) {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let Ok(mut child) = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+    else {
+        println!("SKIPPED: promtool check metrics (promtool is not installed; apt-get install prometheus)");
+        return;
+    };
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
+        "promtool check metrics: {}\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The metric names (`gru_*`, `grpc_server_*`, `process_*`) in a query file.
+fn metric_names(src: &str) -> std::collections::BTreeSet<String> {
+    let mut out = std::collections::BTreeSet::new();
+    for prefix in ["gru_", "grpc_server_", "process_"] {
+        for (i, _) in src.match_indices(prefix) {
+            let before = src[..i].chars().last();
+            if before.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.') {
+                continue;
+            }
+            let name: String = src[i..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            // A prose mention of the prefix itself (`grpc_server_*`).
+            if !name.ends_with('_') {
+                out.insert(name);
+            }
+        }
+    }
+    out
 }

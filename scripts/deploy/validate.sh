@@ -95,8 +95,12 @@ check("limits" in ctr["resources"] and "requests" in ctr["resources"], "containe
 
 port = int(cm["GRU_LISTEN"].rsplit(":", 1)[1])
 check(any(p["containerPort"] == port for p in ctr["ports"]), f"containerPort is GRU_LISTEN's port {port}")
-for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-    check(ctr[probe].get("grpc", {}).get("port") == port, f"{probe} is a gRPC health probe on {port}")
+metrics_port = int(cm["GRU_METRICS_LISTEN"].rsplit(":", 1)[1])
+named = {p["name"]: p["containerPort"] for p in ctr["ports"]}
+for probe, path in (("readinessProbe", "/readyz"), ("livenessProbe", "/livez")):
+    get = ctr[probe].get("httpGet", {})
+    check(get.get("path") == path and named.get(get.get("port"), get.get("port")) == metrics_port,
+          f"{probe} is an HTTP GET of {path} on the metrics port {metrics_port}")
 
 def seconds(v):
     # gru-serve's durations: a bare number is seconds, else 500ms / 30s / 10m / 2h.

@@ -39,7 +39,8 @@ pub struct Args {
     )]
     pub listen: SocketAddr,
 
-    /// Address of the Prometheus /metrics HTTP endpoint; "off" disables it.
+    /// Address of the HTTP port: Prometheus /metrics and the health checks
+    /// /livez, /readyz, /readyz/models/NAME; "off" disables it.
     #[arg(long, env = "GRU_METRICS_LISTEN", default_value = "0.0.0.0:9090", value_parser = parse_listen, help_heading = "Network")]
     pub metrics_listen: String,
 
@@ -338,6 +339,18 @@ pub struct Args {
     /// sampled flag decides for its own traces.
     #[arg(long, env = "GRU_OTLP_SAMPLE_RATIO", default_value_t = 1.0, value_parser = parse_fraction, help_heading = "Observability")]
     pub otlp_sample_ratio: f64,
+
+    /// One log line per RPC (target gru_serve::access): method, code,
+    /// duration, peer, model and session where known. Without it only
+    /// failed RPCs are logged (at info, warn or error by code).
+    #[arg(long, env = "GRU_ACCESS_LOG", help_heading = "Observability")]
+    pub access_log: bool,
+
+    /// Time between SIGTERM and closing the gRPC port: /readyz answers 503
+    /// and grpc health NOT_SERVING at once, requests are still served, so
+    /// load balancers stop routing first (0 = close at once).
+    #[arg(long, env = "GRU_SHUTDOWN_DELAY", default_value = "0s", value_name = "DURATION", value_parser = units::parse_duration, help_heading = "Network")]
+    pub shutdown_delay: Duration,
 }
 
 fn parse_fraction(s: &str) -> Result<f64, String> {
@@ -628,6 +641,8 @@ impl Args {
             max_streams: self.max_streams,
             drain_timeout: self.drain_timeout,
             metrics_listen: self.metrics_addr(),
+            access_log: self.access_log,
+            shutdown_delay: self.shutdown_delay,
             tls: match (&self.tls_cert, &self.tls_key) {
                 (Some(cert), Some(key)) => Some(TlsFiles {
                     cert: cert.clone(),

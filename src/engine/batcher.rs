@@ -59,6 +59,42 @@ pub struct WorkerStats {
     pub batch_size_hist: [AtomicU64; BATCH_BUCKETS],
     /// Step messages queued and not yet taken into a batch.
     pub queued: AtomicU64,
+    /// Prometheus handles labelled with this worker's model and version.
+    pub metrics: WorkerMetrics,
+}
+
+/// The metric handles of one model version, built once when its worker
+/// starts: the step path records into them without building label sets.
+pub struct WorkerMetrics {
+    pub batch_sessions: metrics::Histogram,
+    pub step_latency: metrics::Histogram,
+    pub steps: metrics::Counter,
+}
+
+impl Default for WorkerMetrics {
+    fn default() -> Self {
+        WorkerMetrics {
+            batch_sessions: metrics::Histogram::noop(),
+            step_latency: metrics::Histogram::noop(),
+            steps: metrics::Counter::noop(),
+        }
+    }
+}
+
+impl WorkerMetrics {
+    /// `name` is the worker's `model/version`.
+    fn labelled(name: &str) -> Self {
+        let (model, version) = name.rsplit_once('/').unwrap_or((name, ""));
+        let labels = [
+            ("model", model.to_string()),
+            ("version", version.to_string()),
+        ];
+        WorkerMetrics {
+            batch_sessions: metrics::histogram!("gru_batch_sessions", &labels),
+            step_latency: metrics::histogram!("gru_step_latency_seconds", &labels),
+            steps: metrics::counter!("gru_steps_total", &labels),
+        }
+    }
 }
 
 impl WorkerStats {
@@ -67,7 +103,7 @@ impl WorkerStats {
         self.session_steps.fetch_add(size as u64, Ordering::Relaxed);
         let b = (usize::BITS - 1 - size.max(1).leading_zeros()) as usize;
         self.batch_size_hist[b.min(BATCH_BUCKETS - 1)].fetch_add(1, Ordering::Relaxed);
-        metrics::histogram!("gru_batch_sessions").record(size as f64);
+        self.metrics.batch_sessions.record(size as f64);
     }
 }
 
@@ -88,7 +124,10 @@ impl Worker {
         replies: Arc<ReplyBudget>,
     ) -> Result<Worker, EngineError> {
         let (tx, rx) = sync_channel(capacity);
-        let stats = Arc::new(WorkerStats::default());
+        let stats = Arc::new(WorkerStats {
+            metrics: WorkerMetrics::labelled(&name),
+            ..WorkerStats::default()
+        });
         let st = stats.clone();
         let n = name.clone();
         let thread = std::thread::Builder::new()

@@ -17,7 +17,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-
 pub use batcher::{StepInput, StepReply};
 pub use error::EngineError;
 pub use registry::{ModelMeta, Registry, ServedModel};

@@ -1,26 +1,22 @@
-//! Prometheus metrics on a port of their own (`--metrics-listen`).
+//! Prometheus metrics: the recorder, the HELP text of every family, the
+//! build info, and the state gauges refreshed once a second. Served on the
+//! metrics port by `http.rs`, with the `process_*` families of `process.rs`.
 //!
 //! Recorded where things happen (`metrics` macros: cheap, lock-free): every
-//! RPC with its gRPC status code and latency (a tower layer on the server),
-//! step latency, formed batch sizes, per-message stream errors, training
-//! outcomes. Gauges of state (sessions, queued steps, jobs, loaded versions,
-//! training progress) are refreshed once a second. Latencies and batch sizes
-//! are real Prometheus histograms with fixed buckets, not summaries.
+//! RPC (`rpc.rs`: ours by method and code, plus the grpc-ecosystem
+//! `grpc_server_*` families), step latency and formed batch sizes per model
+//! version (handles built once per worker), Predict per model version,
+//! per-message stream errors, training outcomes, model load failures.
+//! Latencies and batch sizes are real Prometheus histograms with fixed
+//! buckets, not summaries. `model`/`version` labels come only from loaded
+//! models, so a client cannot grow the label sets.
 
-use std::convert::Infallible;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::OnceLock;
-use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use http_body_util::Full;
-use hyper::body::Bytes;
+use metrics::{describe_counter, describe_gauge, describe_histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tonic::codegen::http;
-use tracing::Instrument;
 
 use crate::engine::training::JobState;
 use crate::engine::Engine;
@@ -51,56 +47,220 @@ pub fn handle() -> &'static PrometheusHandle {
                 "another metrics recorder is installed; /metrics shows only what it does not take"
             );
         }
+        describe();
+        build_info();
+        zero_counters();
         handle
     })
 }
 
-/// Serves `GET /metrics` (text format 0.0.4) on `listener` until `shutdown`.
-pub async fn serve(listener: TcpListener, shutdown: CancellationToken) {
-    let handle = handle();
-    loop {
-        let (stream, _) = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            r = listener.accept() => match r {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!(error = %e, "metrics accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-        };
-        let service = hyper::service::service_fn(
-            move |req: http::Request<hyper::body::Incoming>| async move {
-                let response =
-                    if req.method() == http::Method::GET && req.uri().path() == "/metrics" {
-                        handle.run_upkeep();
-                        http::Response::builder()
-                            .header("content-type", "text/plain; version=0.0.4; charset=utf-8")
-                            .body(Full::new(Bytes::from(handle.render())))
-                    } else {
-                        http::Response::builder()
-                            .status(http::StatusCode::NOT_FOUND)
-                            .body(Full::new(Bytes::from_static(b"metrics are at /metrics\n")))
-                    };
-                Ok::<_, Infallible>(response.expect("static response parts are valid"))
-            },
-        );
-        let conn = hyper::server::conn::http1::Builder::new()
-            .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
-        let stop = shutdown.clone();
-        tokio::spawn(async move {
-            tokio::select! {
-                _ = conn => {}
-                _ = stop.cancelled() => {}
-            }
-        });
+/// HELP text for every family (units in the text; the names carry them as
+/// suffixes already), so `promtool check metrics` is clean.
+fn describe() {
+    // Our RPC families (method = `package.Service/Method`).
+    describe_counter!(
+        "gru_rpc_requests_total",
+        "RPCs answered, by method and gRPC status code (counted at the response head)."
+    );
+    describe_counter!(
+        "gru_rpc_failures_total",
+        "RPCs answered with a status other than OK, by method and gRPC status code."
+    );
+    describe_histogram!(
+        "gru_rpc_duration_seconds",
+        "Time to the response head in seconds: the whole call for unary RPCs, the opening for streams."
+    );
+    // The grpc-ecosystem server families (go-grpc-middleware's names and labels).
+    describe_counter!(
+        "grpc_server_started_total",
+        "RPCs started on the server, by grpc_type, grpc_service and grpc_method."
+    );
+    describe_counter!(
+        "grpc_server_handled_total",
+        "RPCs completed on the server, by grpc_type, grpc_service, grpc_method and grpc_code."
+    );
+    describe_counter!(
+        "grpc_server_msg_received_total",
+        "gRPC messages received from clients (stream messages counted one by one)."
+    );
+    describe_counter!(
+        "grpc_server_msg_sent_total",
+        "gRPC messages sent to clients (stream messages counted one by one)."
+    );
+    describe_histogram!(
+        "grpc_server_handling_seconds",
+        "Time from an RPC's start to its final status in seconds (a stream's whole life)."
+    );
+    // Inference, by model and version.
+    describe_histogram!(
+        "gru_step_latency_seconds",
+        "Time from a step message's validation to its computed reply in seconds, by model and version."
+    );
+    describe_counter!(
+        "gru_steps_total",
+        "Time steps (rows) computed for sessions, by model and version."
+    );
+    describe_histogram!(
+        "gru_batch_sessions",
+        "Sessions in one batched forward of a compute worker (sessions), by model and version."
+    );
+    describe_gauge!(
+        "gru_steps_queued",
+        "Step messages waiting for a compute worker (messages), by model and version."
+    );
+    describe_counter!(
+        "gru_predict_requests_total",
+        "Predict calls computed, by model and version."
+    );
+    describe_counter!(
+        "gru_predict_sequences_total",
+        "Sequences computed by Predict, by model and version."
+    );
+    describe_histogram!(
+        "gru_predict_duration_seconds",
+        "Compute time of one Predict call in seconds, by model and version."
+    );
+    describe_counter!(
+        "gru_stream_message_errors_total",
+        "StepStream messages answered with an in-stream error, by gRPC status code."
+    );
+    describe_counter!(
+        "gru_worker_panics_total",
+        "Batches failed by a panic in a compute worker (the worker goes on)."
+    );
+    // Sessions.
+    describe_counter!(
+        "gru_sessions_opened_total",
+        "Sessions created by OpenSession (not resumed by key), by model and version."
+    );
+    describe_gauge!(
+        "gru_sessions_live",
+        "Live sessions of all models (sessions); compare with gru_sessions_max."
+    );
+    describe_gauge!(
+        "gru_sessions_max",
+        "The session cap (--max-sessions): past it OpenSession is RESOURCE_EXHAUSTED."
+    );
+    // Models and training.
+    describe_gauge!(
+        "gru_model_versions_loaded",
+        "Model versions loaded and served (versions)."
+    );
+    describe_counter!(
+        "gru_model_load_failures_total",
+        "Model version folders that failed to load (at start or on a rescan)."
+    );
+    describe_gauge!(
+        "gru_training_jobs",
+        "Training jobs by state (queued, running)."
+    );
+    describe_counter!(
+        "gru_training_jobs_finished_total",
+        "Training jobs ended, by outcome (succeeded, failed, cancelled, interrupted)."
+    );
+    describe_counter!(
+        "gru_training_batches_total",
+        "Training mini-batches computed."
+    );
+    describe_gauge!(
+        "gru_training_progress_ratio",
+        "Fraction (0 to 1) of the running training jobs' batches done; 0 when idle."
+    );
+    describe_gauge!(
+        "gru_build_info",
+        "Always 1; the labels say which build runs: version, git_sha, features."
+    );
+}
+
+/// The unlabelled counters of rare events exist from the start at 0:
+/// `increase()` in an alert sees the first event only if the series existed
+/// before it.
+fn zero_counters() {
+    for name in [
+        "gru_model_load_failures_total",
+        "gru_worker_panics_total",
+        "gru_training_batches_total",
+    ] {
+        metrics::counter!(name).absolute(0);
+    }
+    for outcome in ["succeeded", "failed", "cancelled", "interrupted"] {
+        metrics::counter!("gru_training_jobs_finished_total", "outcome" => outcome).absolute(0);
     }
 }
 
+/// `gru_build_info{version,git_sha,features} 1`, as Prometheus' own
+/// `prometheus_build_info` does it.
+fn build_info() {
+    let features: Vec<&str> = [
+        ("grpc", cfg!(feature = "grpc")),
+        ("onnx", cfg!(feature = "onnx")),
+        ("otlp", cfg!(feature = "otlp")),
+        ("cuda", cfg!(feature = "cuda")),
+    ]
+    .iter()
+    .filter(|(_, on)| *on)
+    .map(|(name, _)| *name)
+    .collect();
+    metrics::gauge!(
+        "gru_build_info",
+        "version" => env!("CARGO_PKG_VERSION"),
+        "git_sha" => env!("GRU_GIT_SHA"),
+        "features" => features.join(",")
+    )
+    .set(1.0);
+}
+
+/// gRPC's canonical name of a status code (`OK`, `NOT_FOUND`, …), as the
+/// `code`/`grpc_code` label values and in logs.
+pub fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code::*;
+    match code {
+        Ok => "OK",
+        Cancelled => "CANCELLED",
+        Unknown => "UNKNOWN",
+        InvalidArgument => "INVALID_ARGUMENT",
+        DeadlineExceeded => "DEADLINE_EXCEEDED",
+        NotFound => "NOT_FOUND",
+        AlreadyExists => "ALREADY_EXISTS",
+        PermissionDenied => "PERMISSION_DENIED",
+        ResourceExhausted => "RESOURCE_EXHAUSTED",
+        FailedPrecondition => "FAILED_PRECONDITION",
+        Aborted => "ABORTED",
+        OutOfRange => "OUT_OF_RANGE",
+        Unimplemented => "UNIMPLEMENTED",
+        Internal => "INTERNAL",
+        Unavailable => "UNAVAILABLE",
+        DataLoss => "DATA_LOSS",
+        Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+/// Predict's metrics for the model version that answered (not the step path:
+/// one call, whatever its size, so the labels are built here).
+pub fn record_predict(model: &str, version: u64, sequences: usize, elapsed: Duration) {
+    let labels = [
+        ("model", model.to_string()),
+        ("version", version.to_string()),
+    ];
+    metrics::counter!("gru_predict_requests_total", &labels).increment(1);
+    metrics::counter!("gru_predict_sequences_total", &labels).increment(sequences as u64);
+    metrics::histogram!("gru_predict_duration_seconds", &labels).record(elapsed.as_secs_f64());
+}
+
+/// A session created for a loaded model version.
+pub fn record_session_opened(model: &str, version: u64) {
+    metrics::counter!(
+        "gru_sessions_opened_total",
+        "model" => model.to_string(),
+        "version" => version.to_string()
+    )
+    .increment(1);
+}
+
 /// Refreshes the state gauges once a second until `shutdown`.
-pub async fn refresh_gauges(engine: Engine, shutdown: CancellationToken) {
+pub async fn refresh_gauges(engine: Engine, max_sessions: usize, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    metrics::gauge!("gru_sessions_max").set(max_sessions as f64);
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -109,16 +269,19 @@ pub async fn refresh_gauges(engine: Engine, shutdown: CancellationToken) {
         metrics::gauge!("gru_sessions_live").set(engine.live_sessions() as f64);
         let served = engine.served_versions();
         metrics::gauge!("gru_model_versions_loaded").set(served.len() as f64);
-        let queued: u64 = served
-            .iter()
-            .map(|m| {
-                m.worker
-                    .stats
-                    .queued
-                    .load(std::sync::atomic::Ordering::Relaxed)
-            })
-            .sum();
-        metrics::gauge!("gru_steps_queued").set(queued as f64);
+        for m in &served {
+            let queued = m
+                .worker
+                .stats
+                .queued
+                .load(std::sync::atomic::Ordering::Relaxed);
+            metrics::gauge!(
+                "gru_steps_queued",
+                "model" => m.name.clone(),
+                "version" => m.version.to_string()
+            )
+            .set(queued as f64);
+        }
         let jobs = engine.training().list();
         for (state, label) in [(JobState::Queued, "queued"), (JobState::Running, "running")] {
             let n = jobs.iter().filter(|j| j.state == state).count();
@@ -143,77 +306,21 @@ pub async fn refresh_gauges(engine: Engine, shutdown: CancellationToken) {
     }
 }
 
-/// A tower layer counting every RPC by method and gRPC status code, with its
-/// latency (to the response head: the whole call for unary RPCs, the
-/// stream's opening for streaming ones).
-#[derive(Clone, Copy, Default)]
-pub struct RpcMetricsLayer;
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-impl<S> tower::Layer<S> for RpcMetricsLayer {
-    type Service = RpcMetrics<S>;
-    fn layer(&self, inner: S) -> RpcMetrics<S> {
-        RpcMetrics { inner }
-    }
-}
-
-#[derive(Clone)]
-pub struct RpcMetrics<S> {
-    inner: S,
-}
-
-/// Only this server's own methods become label values: unknown paths would
-/// let a client grow the label set without bound.
-fn method_label(path: &str) -> String {
-    let known = ["/gru.v1.", "/grpc.health.v1.", "/grpc.reflection."];
-    if known.iter().any(|k| path.starts_with(k)) && path.len() < 128 {
-        path.trim_start_matches('/').to_string()
-    } else {
-        "other".to_string()
-    }
-}
-
-impl<S, B, R> tower::Service<http::Request<B>> for RpcMetrics<S>
-where
-    S: tower::Service<http::Request<B>, Response = http::Response<R>>,
-    S::Future: Send + 'static,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        let method = method_label(req.uri().path());
-        let span = super::telemetry::rpc_span(&method, req.headers());
-        let started = Instant::now();
-        let fut = span.in_scope(|| self.inner.call(req));
-        Box::pin(async move {
-            let res = fut.instrument(span.clone()).await;
-            // Errors before any handler ran, and Trailers-Only error replies,
-            // carry grpc-status in the head; otherwise the call succeeded so far.
-            let code = match &res {
-                Ok(r) => r
-                    .headers()
-                    .get("grpc-status")
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.parse::<i32>().ok())
-                    .map_or(tonic::Code::Ok, tonic::Code::from_i32),
-                Err(_) => tonic::Code::Internal,
-            };
-            span.record("rpc.grpc.status_code", code as i32);
-            let code = format!("{code:?}");
-            metrics::counter!("gru_rpc_requests_total", "method" => method.clone(), "code" => code.clone())
-                .increment(1);
-            if code != "Ok" {
-                metrics::counter!("gru_rpc_failures_total", "method" => method.clone(), "code" => code)
-                    .increment(1);
-            }
-            metrics::histogram!("gru_rpc_duration_seconds", "method" => method)
-                .record(started.elapsed().as_secs_f64());
-            res
-        })
+    #[test]
+    fn code_names_are_grpc_canonical_names() {
+        assert_eq!(code_name(tonic::Code::Ok), "OK");
+        assert_eq!(code_name(tonic::Code::NotFound), "NOT_FOUND");
+        assert_eq!(
+            code_name(tonic::Code::ResourceExhausted),
+            "RESOURCE_EXHAUSTED"
+        );
+        for n in 0..17 {
+            let name = code_name(tonic::Code::from_i32(n));
+            assert!(name.chars().all(|c| c.is_ascii_uppercase() || c == '_'));
+        }
     }
 }

@@ -1,7 +1,10 @@
 //! `run(config, listener, shutdown)`: the whole server, testable on port 0.
 
 mod health;
+pub mod http;
 pub mod metrics;
+mod process;
+pub mod rpc;
 pub mod telemetry;
 
 use std::future::Future;
@@ -41,8 +44,15 @@ pub struct ServerConfig {
     /// HTTP/2 keepalive pings: interval, and how long to wait for the ack.
     pub http2_keepalive_interval: Option<Duration>,
     pub http2_keepalive_timeout: Duration,
-    /// Where to serve Prometheus `/metrics` over HTTP; None = not served.
+    /// Where to serve Prometheus `/metrics` and the HTTP health checks
+    /// (`/livez`, `/readyz`); None = not served.
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// One log line per RPC (method, code, duration, peer, model, session).
+    pub access_log: bool,
+    /// Between the shutdown signal and closing the gRPC listener: readiness
+    /// (HTTP and gRPC health) already says not ready, requests still served,
+    /// so load balancers stop sending new work first.
+    pub shutdown_delay: Duration,
     /// TLS on the gRPC port (rustls); None = plaintext.
     pub tls: Option<TlsFiles>,
     /// Bearer tokens; the default (none) turns authentication off.
@@ -91,6 +101,8 @@ impl Default for ServerConfig {
             http2_keepalive_interval: Some(Duration::from_secs(30)),
             http2_keepalive_timeout: Duration::from_secs(10),
             metrics_listen: None,
+            access_log: false,
+            shutdown_delay: Duration::ZERO,
             tls: None,
             auth: crate::service::auth::Auth::default(),
         }
@@ -131,8 +143,12 @@ pub async fn run_with_engine(
     engine: Arc<OnceLock<Engine>>,
 ) -> Result<(), ServerError> {
     let cancel = CancellationToken::new();
+    let ready = Arc::new(http::Readiness::new(engine.clone()));
+    // The HTTP port outlives the drain, so `/readyz` says 503 throughout it.
+    let http_stop = CancellationToken::new();
+    let _stop_http = http_stop.clone().drop_guard();
     if let Some(addr) = config.metrics_listen {
-        serve_metrics(addr, cancel.clone()).await?;
+        serve_http(addr, ready.clone(), http_stop.clone()).await?;
     }
     let (health, health_service) = health::not_serving_reporter().await;
     // Models load in the background: the port answers (NOT_SERVING) meanwhile.
@@ -141,6 +157,7 @@ pub async fn run_with_engine(
         config.metrics_listen.is_some(),
         engine.clone(),
         health.clone(),
+        ready.clone(),
         cancel.clone(),
     ));
 
@@ -156,13 +173,24 @@ pub async fn run_with_engine(
         "security"
     );
     let server = builder
-        .layer(metrics::RpcMetricsLayer)
+        .layer(rpc::RpcLayer {
+            access_log: config.access_log,
+        })
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(gru)
         .add_service(training)
-        .serve_with_incoming_shutdown(incoming, stop_accepting(shutdown, health, cancel.clone()));
+        .serve_with_incoming_shutdown(
+            incoming,
+            stop_accepting(
+                shutdown,
+                health,
+                ready,
+                config.shutdown_delay,
+                cancel.clone(),
+            ),
+        );
     let result = drain(server, &cancel, config.drain_timeout).await;
     cancel.cancel();
     let _ = loader.await;
@@ -171,16 +199,21 @@ pub async fn run_with_engine(
     result
 }
 
-/// Binds the Prometheus port and serves `/metrics` on it until `cancel`.
-async fn serve_metrics(
+/// Binds the HTTP port and serves `/metrics`, `/livez` and `/readyz` on it
+/// until `stop`.
+async fn serve_http(
     addr: std::net::SocketAddr,
-    cancel: CancellationToken,
+    ready: Arc<http::Readiness>,
+    stop: CancellationToken,
 ) -> Result<(), ServerError> {
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|e| ServerError::Metrics(format!("bind {addr}: {e}")))?;
-    tracing::info!(addr = ?listener.local_addr().ok(), "serving Prometheus metrics at /metrics");
-    tokio::spawn(metrics::serve(listener, cancel));
+    // The recorder first: what is recorded before it is installed is lost.
+    metrics::handle();
+    let addr = listener.local_addr().unwrap_or(addr);
+    tracing::info!(%addr, "serving Prometheus /metrics and HTTP health /livez, /readyz");
+    tokio::spawn(http::serve(listener, ready, stop));
     Ok(())
 }
 
@@ -193,21 +226,30 @@ async fn start_engine(
     gauges: bool,
     cell: Arc<OnceLock<Engine>>,
     health: HealthReporter,
+    ready: Arc<http::Readiness>,
     cancel: CancellationToken,
 ) {
+    let max_sessions = config.max_sessions;
     let engine = match tokio::task::spawn_blocking(move || Engine::load(config)).await {
         Ok(Ok(e)) => e,
         Ok(Err(e)) => {
             tracing::error!(error = %e, "loading models failed; serving NOT_SERVING");
+            ::metrics::counter!("gru_model_load_failures_total").increment(1);
+            ready.load_failed(e.to_string());
             return;
         }
         Err(e) => {
             tracing::error!(error = %e, "model loader panicked");
+            ready.load_failed(format!("the model loader panicked: {e}"));
             return;
         }
     };
     if gauges {
-        tokio::spawn(metrics::refresh_gauges(engine.clone(), cancel.clone()));
+        tokio::spawn(metrics::refresh_gauges(
+            engine.clone(),
+            max_sessions,
+            cancel.clone(),
+        ));
     }
     let _ = cell.set(engine.clone());
     if !engine.has_models() {
@@ -288,7 +330,10 @@ fn incoming(listener: TcpListener) -> tonic::transport::server::TcpIncoming {
     // waits for the peer's delayed ACK (~40 ms) whenever a previous segment
     // is unacknowledged.
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-    tracing::info!(?addr, "listening");
+    match addr {
+        Some(addr) => tracing::info!(%addr, "listening"),
+        None => tracing::info!("listening"),
+    }
     incoming
 }
 
@@ -311,16 +356,27 @@ fn transport(config: &ServerConfig) -> Result<tonic::transport::Server, ServerEr
     Ok(builder)
 }
 
-/// Resolves when `shutdown` does, once health says NOT_SERVING and open
-/// streams have been told to end (`cancel`); then the server stops accepting.
+/// Resolves when `shutdown` does, once readiness says not ready (HTTP and
+/// gRPC health), `delay` has passed, and open streams have been told to end
+/// (`cancel`); then the server stops accepting.
 async fn stop_accepting(
     shutdown: impl Future<Output = ()>,
     mut health: HealthReporter,
+    ready: Arc<http::Readiness>,
+    delay: Duration,
     cancel: CancellationToken,
 ) {
     shutdown.await;
-    tracing::info!("shutting down: no new connections; ending open streams");
+    ready.drain();
     health::mark_draining(&mut health).await;
+    if !delay.is_zero() {
+        tracing::info!(
+            delay_secs = delay.as_secs_f64(),
+            "shutting down: not ready; still serving until the delay has passed"
+        );
+        tokio::time::sleep(delay).await;
+    }
+    tracing::info!("shutting down: no new connections; ending open streams");
     cancel.cancel();
 }
 
@@ -334,7 +390,7 @@ async fn drain(
     tokio::select! {
         r = server => r.map_err(ServerError::from),
         _ = async { cancel.cancelled().await; tokio::time::sleep(drain).await } => {
-            tracing::warn!(?drain, "drain timeout: closing with requests still in flight");
+            tracing::warn!(drain_secs = drain.as_secs_f64(), "drain timeout: closing with requests still in flight");
             Ok(())
         }
     }

@@ -2,9 +2,17 @@
 //! `--otlp-endpoint` is set, OpenTelemetry trace export over OTLP/gRPC.
 //!
 //! Every RPC runs inside one `grpc` span made by [`rpc_span`] (in the RPC
-//! metrics layer), named after the method, with the W3C `traceparent` of the
-//! request as its parent, so a caller's trace continues into the server. For
+//! layer, `rpc.rs`), named after the method, with the W3C `traceparent` of
+//! the request as its parent, so a caller's trace continues into the server.
+//! The span carries `trace_id` (the caller's, else a new one) and the
+//! caller's `x-request-id`, so every log line of the call has them. For
 //! streaming RPCs the span covers the call's set-up, not the stream's life.
+//!
+//! Log lines: values by their display form, absent fields absent, ANSI colour
+//! only on a terminal; JSON lines carry `trace_id`/`request_id` at the top and
+//! one `span` object (the enclosing spans' fields, innermost winning). The
+//! HTTP/2 internals (h2, hyper, tonic, tower) log at warn unless the filter
+//! names them.
 
 use tonic::codegen::http;
 use tracing_subscriber::layer::SubscriberExt;
@@ -54,11 +62,21 @@ pub fn init(
 ) -> Result<Telemetry, Box<dyn std::error::Error>> {
     // The log filter applies to the log lines only: `--log warn` must not
     // switch off the (info-level) RPC spans that traces are made of.
-    let filter = tracing_subscriber::EnvFilter::try_new(filter)?;
+    let filter = tracing_subscriber::EnvFilter::try_new(quiet_transport(filter))?;
     let fmt = tracing_subscriber::fmt::layer();
     let fmt = match format {
-        LogFormat::Json => fmt.json().with_filter(filter).boxed(),
-        LogFormat::Text => fmt.with_filter(filter).boxed(),
+        LogFormat::Json => fmt
+            .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
+            .event_format(json::JsonLines)
+            .with_ansi(false)
+            .with_filter(filter)
+            .boxed(),
+        LogFormat::Text => {
+            use std::io::IsTerminal;
+            fmt.with_ansi(std::io::stdout().is_terminal())
+                .with_filter(filter)
+                .boxed()
+        }
     };
     let registry = tracing_subscriber::registry().with(fmt);
     #[cfg(feature = "otlp")]
@@ -92,12 +110,165 @@ pub fn rpc_span(method: &str, headers: &http::HeaderMap) -> tracing::Span {
         rpc.service = service,
         rpc.method = name,
         rpc.grpc.status_code = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
+        request_id = tracing::field::Empty,
     );
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     #[cfg(feature = "otlp")]
-    otlp::set_parent(&span, headers);
+    let exported = otlp::set_parent(&span, headers);
     #[cfg(not(feature = "otlp"))]
-    let _ = headers;
+    let exported: Option<String> = None;
+    // The exported span's trace id when traces are exported (the same as the
+    // caller's when it sent one), else the caller's, else a new one.
+    let trace_id = exported
+        .or_else(|| header("traceparent").and_then(traceparent_trace_id))
+        .unwrap_or_else(|| format!("{:032x}", rand::random::<u128>().max(1)));
+    span.record("trace_id", trace_id.as_str());
+    if let Some(id) = header("x-request-id").filter(|v| request_id_ok(v)) {
+        span.record("request_id", id);
+    }
     span
+}
+
+/// The trace id of a W3C `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`);
+/// None when malformed or all zeros (invalid by the spec).
+pub fn traceparent_trace_id(value: &str) -> Option<String> {
+    let mut parts = value.trim().split('-');
+    let (version, trace, parent, flags) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
+    let ok = hex(version, 2)
+        && version != "ff"
+        && hex(trace, 32)
+        && hex(parent, 16)
+        && hex(flags, 2)
+        && trace.bytes().any(|b| b != b'0');
+    ok.then(|| trace.to_ascii_lowercase())
+}
+
+/// A request id is logged as sent when it is short, printable ASCII; a
+/// longer or stranger one is left out rather than echoed into the logs.
+fn request_id_ok(v: &str) -> bool {
+    !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic())
+}
+
+/// The HTTP/2 machinery logs every frame at debug: quiet (warn) unless the
+/// filter names its target, so `--log debug` means this server's debug.
+pub fn quiet_transport(filter: &str) -> String {
+    const TRANSPORT: [&str; 5] = ["h2", "hyper", "hyper_util", "tonic", "tower"];
+    let named: Vec<&str> = filter
+        .split(',')
+        .map(|d| d.split(['=', '[']).next().unwrap_or("").trim())
+        .collect();
+    let mut out = filter.to_string();
+    for t in TRANSPORT {
+        // EnvFilter matches targets by prefix: `hyper` covers `hyper_util`.
+        let mentioned = named
+            .iter()
+            .any(|n| !n.is_empty() && (t.starts_with(n) || n.starts_with(t)));
+        if !mentioned {
+            if !out.is_empty() {
+                out.push(',');
+            }
+            out.push_str(t);
+            out.push_str("=warn");
+        }
+    }
+    out
+}
+
+/// JSON lines: one object per event with `timestamp`, `level`, `target`,
+/// `trace_id`/`request_id` when inside an RPC, the event's fields, and one
+/// `span` object (name of the innermost span, fields of all of them).
+mod json {
+    use serde_json::{Map, Value};
+    use std::fmt;
+    use tracing::field::{Field, Visit};
+    use tracing_subscriber::fmt::format::{JsonFields, Writer};
+    use tracing_subscriber::fmt::time::{FormatTime, SystemTime};
+    use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormattedFields};
+    use tracing_subscriber::registry::LookupSpan;
+
+    /// Lifted out of the span object to the top of each line.
+    const HOISTED: [&str; 2] = ["trace_id", "request_id"];
+
+    pub struct JsonLines;
+
+    struct Fields<'a>(&'a mut Map<String, Value>);
+
+    impl Visit for Fields<'_> {
+        fn record_str(&mut self, f: &Field, v: &str) {
+            self.0.insert(f.name().into(), v.into());
+        }
+        fn record_bool(&mut self, f: &Field, v: bool) {
+            self.0.insert(f.name().into(), v.into());
+        }
+        fn record_i64(&mut self, f: &Field, v: i64) {
+            self.0.insert(f.name().into(), v.into());
+        }
+        fn record_u64(&mut self, f: &Field, v: u64) {
+            self.0.insert(f.name().into(), v.into());
+        }
+        fn record_f64(&mut self, f: &Field, v: f64) {
+            self.0.insert(f.name().into(), v.into());
+        }
+        fn record_error(&mut self, f: &Field, v: &(dyn std::error::Error + 'static)) {
+            self.0.insert(f.name().into(), v.to_string().into());
+        }
+        fn record_debug(&mut self, f: &Field, v: &dyn fmt::Debug) {
+            self.0.insert(f.name().into(), format!("{v:?}").into());
+        }
+    }
+
+    impl<S> FormatEvent<S, JsonFields> for JsonLines
+    where
+        S: tracing::Subscriber + for<'a> LookupSpan<'a>,
+    {
+        fn format_event(
+            &self,
+            ctx: &FmtContext<'_, S, JsonFields>,
+            mut writer: Writer<'_>,
+            event: &tracing::Event<'_>,
+        ) -> fmt::Result {
+            let mut line = Map::new();
+            let mut time = String::new();
+            SystemTime.format_time(&mut Writer::new(&mut time))?;
+            line.insert("timestamp".into(), time.into());
+            let meta = event.metadata();
+            line.insert("level".into(), meta.level().as_str().into());
+            line.insert("target".into(), meta.target().into());
+            let mut span = Map::new();
+            if let Some(scope) = ctx.event_scope() {
+                let mut name = None;
+                for s in scope.from_root() {
+                    name = Some(s.name());
+                    let ext = s.extensions();
+                    let Some(fields) = ext.get::<FormattedFields<JsonFields>>() else {
+                        continue;
+                    };
+                    if let Ok(Value::Object(f)) = serde_json::from_str::<Value>(&fields.fields) {
+                        span.extend(f);
+                    }
+                }
+                // The OpenTelemetry naming attributes repeat the method.
+                span.retain(|k, _| !k.starts_with("otel.") && k != "rpc.system");
+                for k in HOISTED {
+                    if let Some(v) = span.remove(k) {
+                        line.insert(k.into(), v);
+                    }
+                }
+                if let Some(name) = name {
+                    span.insert("name".into(), name.into());
+                }
+            }
+            event.record(&mut Fields(&mut line));
+            if !span.is_empty() {
+                line.insert("span".into(), Value::Object(span));
+            }
+            let text = serde_json::to_string(&line).map_err(|_| fmt::Error)?;
+            writeln!(writer, "{text}")
+        }
+    }
 }
 
 #[cfg(feature = "otlp")]
@@ -226,13 +397,57 @@ mod otlp {
         }
     }
 
-    /// Makes the caller's W3C trace context (if any) the span's parent.
-    pub(super) fn set_parent(span: &tracing::Span, headers: &http::HeaderMap) {
-        if !headers.contains_key("traceparent") {
-            return;
+    /// Makes the caller's W3C trace context (if any) the span's parent, and
+    /// returns the trace id the span is exported under (None when no
+    /// OpenTelemetry layer is installed).
+    pub(super) fn set_parent(span: &tracing::Span, headers: &http::HeaderMap) -> Option<String> {
+        use opentelemetry::trace::TraceContextExt as _;
+        if headers.contains_key("traceparent") {
+            let cx = TraceContextPropagator::new().extract(&Headers(headers));
+            // Fails only when no OpenTelemetry layer is installed: nothing to do.
+            let _ = span.set_parent(cx);
         }
-        let cx = TraceContextPropagator::new().extract(&Headers(headers));
-        // Fails only when no OpenTelemetry layer is installed: nothing to do.
-        let _ = span.set_parent(cx);
+        let cx = span.context();
+        let sc = cx.span().span_context().clone();
+        sc.trace_id()
+            .ne(&opentelemetry::trace::TraceId::INVALID)
+            .then(|| sc.trace_id().to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn traceparent_trace_ids_are_read_and_bad_ones_refused() {
+        let id = "4bf92f3577b34da6a3ce929d0e0e4736";
+        assert_eq!(
+            traceparent_trace_id(&format!("00-{id}-00f067aa0ba902b7-01")).as_deref(),
+            Some(id)
+        );
+        for bad in [
+            "",
+            "00-4bf92f3577b34da6-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e473z-00f067aa0ba902b7-01",
+        ] {
+            assert_eq!(traceparent_trace_id(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn transport_targets_are_quiet_unless_named() {
+        assert_eq!(
+            quiet_transport("debug"),
+            "debug,h2=warn,hyper=warn,hyper_util=warn,tonic=warn,tower=warn"
+        );
+        let named = quiet_transport("info,h2=trace,tonic::transport=debug");
+        assert!(
+            !named.contains("h2=warn") && !named.contains("tonic=warn"),
+            "{named}"
+        );
+        assert!(named.contains("hyper=warn"), "{named}");
     }
 }

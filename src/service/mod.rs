@@ -233,6 +233,8 @@ fn step_submit(
     let served = &pending.session.model;
     span.record("model", served.name.as_str());
     span.record("version", served.version);
+    crate::server::rpc::note_model(&served.name, served.version);
+    crate::server::rpc::note_session(&pending.session.id);
     Ok(SubmittedStep {
         session_id: req.session_id,
         request_id: req.request_id,
@@ -249,10 +251,12 @@ async fn step_finish(s: SubmittedStep) -> Result<pb::StepResponse, Status> {
     let c = s.pending.session.model.model.config();
     let (l, h) = (c.num_layers, c.hidden_size);
     let (span, started) = (s.span.clone(), s.started);
+    let served = s.pending.session.model.clone();
     let reply = s.pending.wait().instrument(span.clone()).await?;
     let elapsed = started.elapsed();
-    metrics::histogram!("gru_step_latency_seconds").record(elapsed.as_secs_f64());
-    metrics::counter!("gru_steps_total").increment(s.k as u64);
+    let m = &served.worker.stats.metrics;
+    m.step_latency.record(elapsed.as_secs_f64());
+    m.steps.increment(s.k as u64);
     tracing::debug!(
         parent: &span,
         elapsed_us = elapsed.as_micros() as u64,
@@ -338,10 +342,18 @@ impl GruService for GruServiceImpl {
                 initial,
             });
         }
+        let (sequences, started) = (seqs.len(), std::time::Instant::now());
         let out = engine
             .predict(&req.model, version_arg(req.version), seqs)
             .instrument(span)
             .await?;
+        crate::server::metrics::record_predict(
+            &out.model.name,
+            out.model.version,
+            sequences,
+            started.elapsed(),
+        );
+        crate::server::rpc::note_model(&out.model.name, out.model.version);
         let c = out.model.model.config();
         let (o, l, h) = (c.output_dim(), c.num_layers, c.hidden_size);
         let outputs = out
@@ -390,6 +402,14 @@ impl GruService for GruServiceImpl {
         )?;
         let step_index = session.lock().step_index;
         tracing::info!(session_id = %session.id, model = %session.model.name, version = session.model.version, created, "open session");
+        if created {
+            crate::server::metrics::record_session_opened(
+                &session.model.name,
+                session.model.version,
+            );
+        }
+        crate::server::rpc::note_model(&session.model.name, session.model.version);
+        crate::server::rpc::note_session(&session.id);
         Ok(Response::new(pb::OpenSessionResponse {
             session_id: session.id.clone(),
             model: session.model.name.clone(),
@@ -468,7 +488,7 @@ impl GruService for GruServiceImpl {
                                 Err(e) => Err(e),
                             };
                             r.unwrap_or_else(|s| {
-                                metrics::counter!("gru_stream_message_errors_total", "code" => format!("{:?}", s.code())).increment(1);
+                                metrics::counter!("gru_stream_message_errors_total", "code" => crate::server::metrics::code_name(s.code())).increment(1);
                                 pb::StepResponse {
                                 session_id: id,
                                 request_id: rid,
@@ -535,6 +555,7 @@ impl GruService for GruServiceImpl {
         let engine = self.engine()?;
         let owner = auth::tenant(&req);
         let id = req.into_inner().session_id;
+        crate::server::rpc::note_session(&id);
         let step_index = engine.close_session(&id, owner.as_deref())?;
         tracing::info!(session_id = %id, step_index, "close session");
         Ok(Response::new(pb::CloseSessionResponse { step_index }))

@@ -79,3 +79,23 @@ impl Spawned {
         assert!(status.success(), "gru-serve exited with {status}");
     }
 }
+
+/// GETs `path` from an HTTP/1.1 port: (status code, body); None when the
+/// port does not answer (closed, or no reply within 5 s).
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> Option<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let io = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+        let req = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await.ok()?;
+        let mut buf = String::new();
+        s.read_to_string(&mut buf).await.ok()?;
+        Some(buf)
+    };
+    let buf = tokio::time::timeout(Duration::from_secs(5), io)
+        .await
+        .ok()??;
+    let (head, body) = buf.split_once("\r\n\r\n")?;
+    let code = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((code, body.to_string()))
+}

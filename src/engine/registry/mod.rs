@@ -241,6 +241,7 @@ impl Registry {
                     }
                     Err(e) => {
                         tracing::warn!(model = %name, version, folder = %v.display(), error = %e, "skipping model version that failed to load");
+                        metrics::counter!("gru_model_load_failures_total").increment(1);
                         self.failed
                             .lock()
                             .unwrap_or_else(|p| p.into_inner())

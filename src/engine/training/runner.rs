@@ -45,7 +45,9 @@ impl Training {
         metrics::counter!("gru_training_jobs_finished_total", "outcome" => outcome).increment(1);
         self.persist(&status);
         job.notify();
-        tracing::info!(job = %status.job_id, state = ?status.state, error = %status.error, "training job ended");
+        // The state by name, and no `error` field on a success.
+        let error = (!status.error.is_empty()).then_some(status.error.as_str());
+        tracing::info!(job = %status.job_id, state = outcome, error, "training job ended");
         self.prune_records();
     }
 
