@@ -31,12 +31,8 @@ use tokio_stream::wrappers::ReceiverStream;
 
 mod common;
 use common::server::*;
-
-/// The small model of `small_repo`: I = 3, H = 8, 2 layers, head O = 2.
-const I: usize = 3;
-const H: usize = 8;
-const L: usize = 2;
-const O: usize = 2;
+// The small model of `small_repo`: I = 3, H = 8, 2 layers, head O = 2.
+use common::sessions::{hidden, open, H, I, L, O};
 
 /// Rows per message of each session class; three sessions per class.
 const KS: [usize; 3] = [1, 2, 5];
@@ -46,26 +42,6 @@ const SESSIONS: usize = KS.len() * PER_K;
 const GATE_K: usize = 1024;
 /// Rounds to run at least, so every session's sequence spans several messages.
 const MIN_ROUNDS: usize = 3;
-
-fn hidden(values: Vec<f32>) -> pb::HiddenState {
-    pb::HiddenState {
-        num_layers: L as u32,
-        hidden_size: H as u32,
-        values,
-    }
-}
-
-async fn open(c: &mut Client, initial: Option<Vec<f32>>) -> String {
-    c.open_session(pb::OpenSessionRequest {
-        model: "m".into(),
-        initial_state: initial.map(hidden),
-        ..Default::default()
-    })
-    .await
-    .expect("open session")
-    .into_inner()
-    .session_id
-}
 
 /// Batches formed so far of ≥ 2 and of ≥ 4 sessions (histogram buckets
 /// [2, 4), [4, 8), …).

@@ -140,11 +140,23 @@ async fn health_takes_host_port_or_urls_and_says_why_it_fails() {
     );
 }
 
+/// A model directory that does not exist yet: the server stays up,
+/// NOT_SERVING with a reason, and serves once the directory holds a model.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn health_says_why_a_server_without_models_is_not_serving() {
-    let empty = tempfile::tempdir().unwrap();
+async fn a_missing_model_dir_is_not_serving_with_a_reason_until_it_appears() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("models-later");
     let port = free_port();
-    let mut server = serve(port, empty.path().to_str().unwrap());
+    let mut server = Spawned(
+        gru_serve()
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--metrics-listen", "off", "--model-poll", "200ms"])
+            .arg("--model-dir")
+            .arg(&dir)
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let deadline = Instant::now() + Duration::from_secs(30);
     let o = loop {
         let o = health(&["--addr", &format!("127.0.0.1:{port}")]);
@@ -159,6 +171,21 @@ async fn health_says_why_a_server_without_models_is_not_serving() {
         "{}",
         stdout(&o)
     );
+    // The directory appears, with a model, in one rename: the rescans pick it up.
+    let staging = root.path().join("staging");
+    std::fs::create_dir_all(&staging).unwrap();
+    let sine = concat!(env!("CARGO_MANIFEST_DIR"), "/models/sine");
+    assert!(Command::new("cp")
+        .arg("-r")
+        .arg(sine)
+        .arg(staging.join("sine"))
+        .status()
+        .unwrap()
+        .success());
+    std::fs::rename(&staging, &dir).unwrap();
+    server
+        .wait_serving(&format!("http://127.0.0.1:{port}"))
+        .await;
     server.terminate().await;
 }
 

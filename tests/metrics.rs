@@ -102,15 +102,19 @@ async fn metrics_move_with_traffic() {
         let (_, text) = http_get(port, "/metrics").await;
         let after = parse_metrics(&text);
         let gauge = |k: &str| after.get(k).copied();
+        // Per model too: the session counts itself in on its model version.
+        let per_model = r#"gru_model_sessions_live{model="m",version="1"}"#;
         if gauge("gru_sessions_live") == Some(1.0)
+            && gauge(per_model) == Some(1.0)
             && gauge("gru_model_versions_loaded") == Some(1.0)
         {
             break (text, after);
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "gauges never showed 1 session and 1 version: sessions {:?}, versions {:?}",
+            "gauges never showed 1 session and 1 version: sessions {:?} ({:?} on m/1), versions {:?}",
             gauge("gru_sessions_live"),
+            gauge(per_model),
             gauge("gru_model_versions_loaded")
         );
         tokio::time::sleep(Duration::from_millis(50)).await;

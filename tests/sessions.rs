@@ -471,6 +471,15 @@ async fn sessions_expire_after_ttl() {
     let store = SessionStore::new(10, Duration::from_secs(60));
     let (a, _) = store.open(model.clone(), params(Some("ka"))).unwrap();
     let (b, _) = store.open(model.clone(), params(None)).unwrap();
+    // Each session counts itself on its model version (gru_model_sessions_live).
+    let live = || {
+        model
+            .worker
+            .stats
+            .sessions
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    assert_eq!(live(), 2);
 
     tokio::time::advance(Duration::from_secs(40)).await;
     store.get(&b.id).expect("b alive at 40 s");
@@ -520,6 +529,9 @@ async fn sessions_expire_after_ttl() {
         small.get(&x.id),
         Err(EngineError::SessionExpired { .. })
     ));
+    // Expired, swept, reclaimed: once the last handles go, so do the counts.
+    drop((a, b, a2, x, store, small));
+    assert_eq!(live(), 0, "every session counted itself out");
     drop(model);
     engine.shutdown();
 }

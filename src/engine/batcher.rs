@@ -59,6 +59,9 @@ pub struct WorkerStats {
     pub batch_size_hist: [AtomicU64; BATCH_BUCKETS],
     /// Step messages queued and not yet taken into a batch.
     pub queued: AtomicU64,
+    /// Live sessions on this model version (a session counts itself in
+    /// when opened and out when its last handle drops).
+    pub sessions: AtomicU64,
     /// Prometheus handles labelled with this worker's model and version.
     pub metrics: WorkerMetrics,
 }

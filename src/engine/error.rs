@@ -335,17 +335,17 @@ mod tests {
 
         // The texts the variants replaced, as they were built by format!.
         let said = |i: usize| all[i].to_string();
-        assert_eq!(said(7), "inputs[3] = NaN is not finite");
+        assert_eq!(said(6), "inputs[3] = NaN is not finite");
         assert_eq!(
-            said(8),
+            said(7),
             "initial_state: expected 2 layers × 8 hidden = 16 values, got 1 × 8 with 7 values"
         );
         assert_eq!(
-            said(16),
+            said(15),
             "session 's1' is at step 4; this message starts at step 5 (only a retry of the last message, which started at none, can be repeated)"
         );
         assert_eq!(
-            said(19),
+            said(18),
             "model 'm/1' has 8 requests queued (the limit); retry later"
         );
     }

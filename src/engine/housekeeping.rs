@@ -1,5 +1,6 @@
 //! The engine's background upkeep: idle sessions expire, and the model
-//! repository is rescanned when `--model-poll-secs` asks for it. It lives
+//! repository is rescanned when `--model-poll` asks for it (and, while no
+//! model is served, every 10 s even with polling off, saying why each time). It lives
 //! with the state it keeps (as mini-redis keeps expiry in its `db`), not in
 //! the server's start-up code.
 
@@ -8,7 +9,7 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
-use super::Engine;
+use super::{Engine, EngineError};
 
 impl Engine {
     /// Sweeps expired sessions and rescans the repository until `cancel`.
@@ -30,6 +31,11 @@ impl Engine {
         } else {
             poll
         });
+        // While nothing is served the repository is rescanned anyway, even
+        // with polling off (a directory created or filled after start is
+        // picked up), and the reason is logged each time.
+        let mut empty_rescan = tokio::time::interval(Duration::from_secs(10));
+        empty_rescan.tick().await;
         // An interval's first tick is immediate: the start-up load was the first scan.
         rescan.tick().await;
         loop {
@@ -41,17 +47,8 @@ impl Engine {
                         tracing::info!(expired = n, "expired idle sessions");
                     }
                 }
-                _ = rescan.tick(), if !poll.is_zero() => {
-                    let registry = self.registry.clone();
-                    match tokio::task::spawn_blocking(move || registry.scan()).await {
-                        Ok(Ok(added)) if !added.is_empty() => {
-                            tracing::info!(?added, "rescan loaded new model versions");
-                        }
-                        Ok(Ok(_)) => {}
-                        Ok(Err(e)) => tracing::warn!(error = %e, "rescanning the model repository failed"),
-                        Err(e) => tracing::warn!(error = %e, "rescan task failed"),
-                    }
-                }
+                _ = rescan.tick(), if !poll.is_zero() => self.rescan().await,
+                _ = empty_rescan.tick(), if poll.is_zero() && !self.has_models() => self.rescan().await,
             }
             // SERVING after the tick (sweep or rescan) that first finds a
             // model; a training job's first model waits for the next sweep.
@@ -60,6 +57,23 @@ impl Engine {
                     let _ = tx.send(());
                 }
             }
+        }
+    }
+
+    async fn rescan(&self) {
+        let registry = self.registry.clone();
+        match tokio::task::spawn_blocking(move || registry.scan()).await {
+            Ok(Ok(added)) if !added.is_empty() => {
+                tracing::info!(?added, "rescan loaded new model versions");
+            }
+            Ok(Ok(_)) => {}
+            // A missing directory is reported below, as the reason.
+            Ok(Err(EngineError::ModelDirUnreadable { .. })) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "rescanning the model repository failed"),
+            Err(e) => tracing::warn!(error = %e, "rescan task failed"),
+        }
+        if !self.has_models() {
+            tracing::warn!(reason = %self.no_models_reason(), "NOT_SERVING");
         }
     }
 }

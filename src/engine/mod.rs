@@ -122,6 +122,11 @@ impl Engine {
     }
 
     /// Whether any model is served.
+    /// Why no model is served, naming the model directory.
+    pub fn no_models_reason(&self) -> String {
+        self.registry.empty_reason()
+    }
+
     pub fn has_models(&self) -> bool {
         !self.registry.is_empty()
     }

@@ -44,6 +44,18 @@ pub struct Session {
     state: Arc<SessionState>,
 }
 
+impl Drop for Session {
+    // Closed, expired or refused after creation: the model's count follows
+    // the session's life exactly, with no walk over the table.
+    fn drop(&mut self) {
+        self.model
+            .worker
+            .stats
+            .sessions
+            .fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 impl Session {
     pub fn lock(&self) -> MutexGuard<'_, SessionData> {
         self.state.lock()
@@ -203,6 +215,7 @@ impl SessionStore {
         let size = c.num_layers * c.hidden_size;
         let h = params.initial.unwrap_or_else(|| vec![0.0; size]);
         let id = new_id();
+        model.worker.stats.sessions.fetch_add(1, Ordering::Relaxed);
         let s = Arc::new(Session {
             id: id.clone(),
             key: params.key.clone(),

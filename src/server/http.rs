@@ -61,7 +61,7 @@ impl Readiness {
         }
         match self.engine.get() {
             None => Some("loading models".into()),
-            Some(e) if !e.has_models() => Some("no model loaded".into()),
+            Some(e) if !e.has_models() => Some(e.no_models_reason()),
             Some(_) => None,
         }
     }
@@ -83,6 +83,11 @@ impl Readiness {
             let reason = self.not_ready().unwrap_or_else(|| "loading models".into());
             return not_ready(reason, model);
         };
+        if !engine.has_models() {
+            // Nothing served at all (no model directory, or an empty one):
+            // the server is not ready, whatever the name.
+            return not_ready(engine.no_models_reason(), model);
+        }
         let versions = engine.versions(name);
         if versions.is_empty() {
             // Loaded models do not include it: a typo, or not published yet.

@@ -138,6 +138,10 @@ fn describe() {
         "Live sessions of all models (sessions); compare with gru_sessions_max."
     );
     describe_gauge!(
+        "gru_model_sessions_live",
+        "Live sessions on one model version (sessions), by model and version."
+    );
+    describe_gauge!(
         "gru_sessions_max",
         "The session cap (--max-sessions): past it OpenSession is RESOURCE_EXHAUSTED."
     );
@@ -210,53 +214,6 @@ fn build_info() {
     .set(1.0);
 }
 
-/// gRPC's canonical name of a status code (`OK`, `NOT_FOUND`, …), as the
-/// `code`/`grpc_code` label values and in logs.
-pub fn code_name(code: tonic::Code) -> &'static str {
-    use tonic::Code::*;
-    match code {
-        Ok => "OK",
-        Cancelled => "CANCELLED",
-        Unknown => "UNKNOWN",
-        InvalidArgument => "INVALID_ARGUMENT",
-        DeadlineExceeded => "DEADLINE_EXCEEDED",
-        NotFound => "NOT_FOUND",
-        AlreadyExists => "ALREADY_EXISTS",
-        PermissionDenied => "PERMISSION_DENIED",
-        ResourceExhausted => "RESOURCE_EXHAUSTED",
-        FailedPrecondition => "FAILED_PRECONDITION",
-        Aborted => "ABORTED",
-        OutOfRange => "OUT_OF_RANGE",
-        Unimplemented => "UNIMPLEMENTED",
-        Internal => "INTERNAL",
-        Unavailable => "UNAVAILABLE",
-        DataLoss => "DATA_LOSS",
-        Unauthenticated => "UNAUTHENTICATED",
-    }
-}
-
-/// Predict's metrics for the model version that answered (not the step path:
-/// one call, whatever its size, so the labels are built here).
-pub fn record_predict(model: &str, version: u64, sequences: usize, elapsed: Duration) {
-    let labels = [
-        ("model", model.to_string()),
-        ("version", version.to_string()),
-    ];
-    metrics::counter!("gru_predict_requests_total", &labels).increment(1);
-    metrics::counter!("gru_predict_sequences_total", &labels).increment(sequences as u64);
-    metrics::histogram!("gru_predict_duration_seconds", &labels).record(elapsed.as_secs_f64());
-}
-
-/// A session created for a loaded model version.
-pub fn record_session_opened(model: &str, version: u64) {
-    metrics::counter!(
-        "gru_sessions_opened_total",
-        "model" => model.to_string(),
-        "version" => version.to_string()
-    )
-    .increment(1);
-}
-
 /// Refreshes the state gauges once a second until `shutdown`.
 pub async fn refresh_gauges(engine: Engine, max_sessions: usize, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -270,17 +227,15 @@ pub async fn refresh_gauges(engine: Engine, max_sessions: usize, shutdown: Cance
         let served = engine.served_versions();
         metrics::gauge!("gru_model_versions_loaded").set(served.len() as f64);
         for m in &served {
-            let queued = m
-                .worker
-                .stats
-                .queued
-                .load(std::sync::atomic::Ordering::Relaxed);
-            metrics::gauge!(
-                "gru_steps_queued",
-                "model" => m.name.clone(),
-                "version" => m.version.to_string()
-            )
-            .set(queued as f64);
+            use std::sync::atomic::Ordering::Relaxed;
+            let labels = [
+                ("model", m.name.clone()),
+                ("version", m.version.to_string()),
+            ];
+            let stats = &m.worker.stats;
+            metrics::gauge!("gru_steps_queued", &labels).set(stats.queued.load(Relaxed) as f64);
+            metrics::gauge!("gru_model_sessions_live", &labels)
+                .set(stats.sessions.load(Relaxed) as f64);
         }
         let jobs = engine.training().list();
         for (state, label) in [(JobState::Queued, "queued"), (JobState::Running, "running")] {
@@ -303,24 +258,5 @@ pub async fn refresh_gauges(engine: Engine, max_sessions: usize, shutdown: Cance
         } else {
             0.0
         });
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn code_names_are_grpc_canonical_names() {
-        assert_eq!(code_name(tonic::Code::Ok), "OK");
-        assert_eq!(code_name(tonic::Code::NotFound), "NOT_FOUND");
-        assert_eq!(
-            code_name(tonic::Code::ResourceExhausted),
-            "RESOURCE_EXHAUSTED"
-        );
-        for n in 0..17 {
-            let name = code_name(tonic::Code::from_i32(n));
-            assert!(name.chars().all(|c| c.is_ascii_uppercase() || c == '_'));
-        }
     }
 }

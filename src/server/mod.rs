@@ -253,7 +253,10 @@ async fn start_engine(
     }
     let _ = cell.set(engine.clone());
     if !engine.has_models() {
-        tracing::warn!("no model loaded; NOT_SERVING until one is published or found by a rescan");
+        tracing::warn!(
+            reason = %engine.no_models_reason(),
+            "NOT_SERVING until a model is published or found by a rescan"
+        );
     }
     let (serving_tx, serving) = tokio::sync::oneshot::channel();
     let turn_serving = async {

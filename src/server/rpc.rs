@@ -21,7 +21,7 @@ use tonic::codegen::http;
 use tonic::Code;
 use tracing::Instrument;
 
-use super::metrics::code_name;
+use crate::service::observe::{code_name, Note, NOTE};
 
 /// This server's methods and their gRPC types. Only these become label
 /// values: any other path is `other`, so a client cannot grow the label set.
@@ -138,36 +138,6 @@ fn method_metrics(path: &str) -> &'static MethodMetrics {
     all.iter()
         .find(|m| m.method == path)
         .unwrap_or(&all[all.len() - 1])
-}
-
-/// What a handler learned about its call (model, session), for the access
-/// log. Filled only while `--access-log` is on (the layer sets the scope).
-#[derive(Default)]
-struct Note {
-    model: Option<String>,
-    version: Option<u64>,
-    session: Option<String>,
-}
-
-tokio::task_local! {
-    static NOTE: Arc<Mutex<Note>>;
-}
-
-/// Tells the access log which model version this call used (a no-op
-/// without `--access-log`, and outside an RPC's own task).
-pub fn note_model(model: &str, version: u64) {
-    let _ = NOTE.try_with(|n| {
-        let mut n = n.lock().unwrap_or_else(|p| p.into_inner());
-        n.model = Some(model.to_string());
-        n.version = Some(version);
-    });
-}
-
-/// Tells the access log which session this call used.
-pub fn note_session(session_id: &str) {
-    let _ = NOTE.try_with(|n| {
-        n.lock().unwrap_or_else(|p| p.into_inner()).session = Some(session_id.to_string());
-    });
 }
 
 /// The layer; `access_log` writes one line per RPC.

@@ -28,6 +28,7 @@ pub mod pb {
 
 pub mod auth;
 mod matrix;
+pub mod observe;
 pub mod training;
 
 use pb::gru_service_server::GruService;
@@ -233,8 +234,8 @@ fn step_submit(
     let served = &pending.session.model;
     span.record("model", served.name.as_str());
     span.record("version", served.version);
-    crate::server::rpc::note_model(&served.name, served.version);
-    crate::server::rpc::note_session(&pending.session.id);
+    observe::note_model(&served.name, served.version);
+    observe::note_session(&pending.session.id);
     Ok(SubmittedStep {
         session_id: req.session_id,
         request_id: req.request_id,
@@ -347,13 +348,13 @@ impl GruService for GruServiceImpl {
             .predict(&req.model, version_arg(req.version), seqs)
             .instrument(span)
             .await?;
-        crate::server::metrics::record_predict(
+        observe::record_predict(
             &out.model.name,
             out.model.version,
             sequences,
             started.elapsed(),
         );
-        crate::server::rpc::note_model(&out.model.name, out.model.version);
+        observe::note_model(&out.model.name, out.model.version);
         let c = out.model.model.config();
         let (o, l, h) = (c.output_dim(), c.num_layers, c.hidden_size);
         let outputs = out
@@ -403,13 +404,10 @@ impl GruService for GruServiceImpl {
         let step_index = session.lock().step_index;
         tracing::info!(session_id = %session.id, model = %session.model.name, version = session.model.version, created, "open session");
         if created {
-            crate::server::metrics::record_session_opened(
-                &session.model.name,
-                session.model.version,
-            );
+            observe::record_session_opened(&session.model.name, session.model.version);
         }
-        crate::server::rpc::note_model(&session.model.name, session.model.version);
-        crate::server::rpc::note_session(&session.id);
+        observe::note_model(&session.model.name, session.model.version);
+        observe::note_session(&session.id);
         Ok(Response::new(pb::OpenSessionResponse {
             session_id: session.id.clone(),
             model: session.model.name.clone(),
@@ -488,7 +486,7 @@ impl GruService for GruServiceImpl {
                                 Err(e) => Err(e),
                             };
                             r.unwrap_or_else(|s| {
-                                metrics::counter!("gru_stream_message_errors_total", "code" => crate::server::metrics::code_name(s.code())).increment(1);
+                                metrics::counter!("gru_stream_message_errors_total", "code" => observe::code_name(s.code())).increment(1);
                                 pb::StepResponse {
                                 session_id: id,
                                 request_id: rid,
@@ -555,7 +553,7 @@ impl GruService for GruServiceImpl {
         let engine = self.engine()?;
         let owner = auth::tenant(&req);
         let id = req.into_inner().session_id;
-        crate::server::rpc::note_session(&id);
+        observe::note_session(&id);
         let step_index = engine.close_session(&id, owner.as_deref())?;
         tracing::info!(session_id = %id, step_index, "close session");
         Ok(Response::new(pb::CloseSessionResponse { step_index }))

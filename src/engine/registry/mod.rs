@@ -161,8 +161,37 @@ impl Registry {
             failed: Mutex::new(HashMap::new()),
             replies: ReplyBudget::new(config.max_retained_reply_bytes),
         };
-        reg.scan()?;
+        // A missing or unreadable directory is not fatal: the server stays
+        // up, NOT_SERVING, says why (log, /readyz, `gru-serve health`) and
+        // the rescans pick models up once the directory is there.
+        match reg.scan() {
+            Err(e @ EngineError::ModelDirUnreadable { .. }) => {
+                tracing::error!(error = %e, "no model directory; NOT_SERVING until it exists and holds a model (--model-dir)");
+            }
+            other => {
+                other?;
+            }
+        }
         Ok(reg)
+    }
+
+    /// Why nothing is served (for logs and /readyz), naming the directory.
+    pub fn empty_reason(&self) -> String {
+        let dir = &self.config.model_dir;
+        match std::fs::read_dir(dir) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => format!(
+                "no model loaded: the model directory {} does not exist (--model-dir)",
+                dir.display()
+            ),
+            Err(e) => format!(
+                "no model loaded: the model directory {} cannot be read: {e}",
+                dir.display()
+            ),
+            Ok(_) => format!(
+                "no model loaded: {} holds no loadable <name>/<version>/ folder (failed ones are logged)",
+                dir.display()
+            ),
+        }
     }
 
     /// Guards a change of the repository on disk that ends in an insert
@@ -172,7 +201,7 @@ impl Registry {
     }
 
     /// Loads every version folder not served yet (at start, and on each
-    /// `--model-poll-secs` tick). Returns the (name, version)s it added.
+    /// `--model-poll` tick). Returns the (name, version)s it added.
     pub fn scan(&self) -> Result<Vec<(String, u64)>, EngineError> {
         let _guard = self.change_guard();
         let dir = &self.config.model_dir;
