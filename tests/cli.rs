@@ -1,3 +1,4 @@
+#![cfg(feature = "grpc")]
 //! The binary's command line as a user meets it: sizes and durations with
 //! units, environment twins whose bad values name the variable, `--addr`
 //! as host:port or a URL, and start-up errors that say what failed where.

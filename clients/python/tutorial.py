@@ -271,7 +271,6 @@ def main():
                         help="the server: host:port, http://host:port or https://host:port "
                              "(default 127.0.0.1:50051, or $GRU_ADDR)")
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], parents=[common])
-    parser.set_defaults(addr=os.environ.get("GRU_ADDR", "127.0.0.1:50051"))
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("stream", parents=[common], help="stream a sine through the default model")
     p.add_argument("--model", default="sine")
@@ -297,6 +296,9 @@ def main():
     p.add_argument("--iterations", type=int, default=200)
     p.add_argument("--wait-secs", type=float, default=30)
     args = parser.parse_args()
+    # Resolved here: a default set on the parser would be copied over a
+    # value given before the subcommand when argparse merges the subparser's.
+    args.addr = getattr(args, "addr", None) or os.environ.get("GRU_ADDR", "127.0.0.1:50051")
     if args.command in ("to-pytorch", "from-pytorch"):
         try:
             import torch  # noqa: F401  (checked up front: one clear line, not a traceback)
