@@ -14,7 +14,7 @@
 //!   served at once, old versions keep serving; a cancelled or failed job
 //!   publishes nothing; final states survive a restart; refusals carry the
 //!   documented code and name the sequence and field.
-//! - **Crash safety** (`src/engine/training.rs`): a publication cut off
+//! - **Crash safety** (`src/engine/registry/publish.rs`): a publication cut off
 //!   between writing and renaming leaves only a dot-folder, which the next
 //!   start deletes; the repository never shows a partial version.
 

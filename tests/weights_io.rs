@@ -4,8 +4,8 @@
 //! Where the expectations come from:
 //! - **Round trips are bit-exact.** Saving/loading copies bytes; PyTorch
 //!   import/export only transposes and negates the z blocks, and negation is
-//!   exact in IEEE arithmetic (`layer.rs` documents `to_pytorch` as the
-//!   bit-exact inverse of `from_pytorch`). So round trips are compared bit for
+//!   exact in IEEE arithmetic (`formats/pytorch.rs` documents `layer_to_pytorch` as the
+//!   bit-exact inverse of `layer_from_pytorch`). So round trips are compared bit for
 //!   bit (`to_bits` / raw safetensors bytes), never within a tolerance.
 //! - **Refusals name what is wrong.** `weights.rs` says loading checks every
 //!   tensor's name, shape, dtype and finiteness against the config, and
@@ -215,7 +215,7 @@ fn import(path: &Path, gru: &str, head: Option<&str>) -> Result<GruModel, ModelE
 }
 
 /// Import → export reproduces the PyTorch state dict byte for byte.
-/// Expectation: `to_pytorch` is documented as the bit-exact inverse of
+/// Expectation: `layer_to_pytorch` is documented as the bit-exact inverse of
 /// `from_pytorch` (transposes and exact negations only).
 #[test]
 fn pytorch_import_export_is_bit_exact_with_head() {
@@ -288,7 +288,7 @@ fn pytorch_through_native_folder_is_bit_exact() {
 // -------------------------------------------- 3. before_matmul to PyTorch
 
 /// PyTorch's nn.GRU only has the after-matmul reset, so exporting a
-/// before_matmul model is refused (layer.rs `to_pytorch`), and nothing is written.
+/// before_matmul model is refused (`formats::pytorch::layer_to_pytorch`), and nothing is written.
 #[test]
 fn exporting_before_matmul_to_pytorch_is_refused() {
     let cfg = ModelConfig::new(3, 4, 2)
