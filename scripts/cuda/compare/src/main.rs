@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
-use gru_serve::model::weights::load_native;
+use gru_serve::formats::native::load_native;
 use gru_serve::model::{GruModel, ModelConfig, Precision, ResetMode};
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
