@@ -102,11 +102,7 @@ async fn sessions_with_mixed_k_share_batches_and_get_their_own_outputs() {
             sent.push(x);
         }
         for expect in 0..=SESSIONS {
-            let r = tokio::time::timeout(WAIT, replies.message())
-                .await
-                .expect("a stream reply in time")
-                .expect("stream reply")
-                .expect("stream ended early");
+            let r = common::sessions::reply(&mut replies).await;
             assert_eq!(r.request_id, expect as u64, "replies in request order");
             let ok = match r.result {
                 Some(pb::step_response::Result::Ok(ok)) => ok,

@@ -407,15 +407,7 @@ fn assert_state(j: &pb::TrainingJob, want: pb::JobState) {
 }
 
 fn entries(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir)
-        .map(|d| {
-            d.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    v.sort();
-    v
+    common::sorted_entries(dir)
 }
 
 /// Hyper-parameters f32 cannot carry, NaN schedules and absurd epoch counts

@@ -81,11 +81,7 @@ async fn a_full_worker_queue_is_resource_exhausted() {
                 .unwrap();
         }
         for n in 0..=BURST {
-            let r = tokio::time::timeout(WAIT, replies.message())
-                .await
-                .expect("a stream reply in time")
-                .expect("stream reply")
-                .expect("stream ended early");
+            let r = common::sessions::reply(&mut replies).await;
             assert_eq!(r.request_id, n as u64, "replies in request order");
             match r.result.expect("a result") {
                 pb::step_response::Result::Ok(ok) => {

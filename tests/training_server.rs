@@ -200,15 +200,7 @@ async fn predict(
 }
 
 fn version_dirs(root: &Path, model: &str) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(root.join(model))
-        .map(|d| {
-            d.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    v.sort();
-    v
+    common::sorted_entries(&root.join(model))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

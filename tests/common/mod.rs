@@ -2,7 +2,7 @@
 #![allow(dead_code)]
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 
@@ -115,3 +115,16 @@ pub mod process;
 /// Sessions and StepStreams on the small model (sizes, requests, replies).
 #[cfg(feature = "grpc")]
 pub mod sessions;
+
+/// The names in a folder, sorted; empty when it does not exist.
+pub fn sorted_entries(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
