@@ -6,7 +6,24 @@ fn main() {
     #[cfg(feature = "onnx")]
     compile_onnx();
     #[cfg(feature = "grpc")]
+    compile_store();
+    #[cfg(feature = "grpc")]
     compile_gru();
+}
+
+/// The stored session format (plain prost: the engine has no gRPC types).
+/// gru.proto imports it and refers to these types by `extern_path`.
+#[cfg(feature = "grpc")]
+fn compile_store() {
+    let proto = "proto/gru/store/v1/snapshot.proto";
+    println!("cargo:rerun-if-changed={proto}");
+    let fds = protox::compile([proto], ["proto"]).expect("compile the snapshot proto");
+    let out = std::path::PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR")).join("store");
+    std::fs::create_dir_all(&out).expect("create OUT_DIR/store");
+    prost_build::Config::new()
+        .out_dir(out)
+        .compile_fds(fds)
+        .expect("generate gru.store.v1 types");
 }
 
 #[cfg(feature = "onnx")]
@@ -33,6 +50,7 @@ fn compile_gru() {
         // Matrix (the float payload of every step) is coded by hand for
         // speed: src/service/matrix.rs, same wire format.
         .extern_path(".gru.v1.Matrix", "crate::service::pb::Matrix")
+        .extern_path(".gru.store.v1", "crate::engine::store::pb")
         .compile_fds(fds)
         .expect("generate gru.v1 gRPC code");
 }

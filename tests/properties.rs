@@ -11,7 +11,7 @@ use std::sync::OnceLock;
 
 use gru_serve::engine::training::{JobRequest, JobTarget};
 use gru_serve::engine::{
-    Engine, EngineConfig, EngineError, ExportedState, HiddenState, PredictSeq, StepInput,
+    Engine, EngineConfig, EngineError, ExportedState, HiddenState, PredictSeq, Resume, StepInput,
 };
 use gru_serve::model::train::{OptimizerKind, Schedule, SeqTarget, Sequence, TrainConfig};
 use gru_serve::model::ModelConfig;
@@ -214,14 +214,14 @@ proptest! {
         bad_id in prop::option::of(prop_oneof!["[ -~]{0,40}", "[a-f0-9]{129,200}"]),
     ) {
         let w = world();
-        let resume = resume.map(|(step_index, version)| ExportedState {
+        let resume = resume.map(|(step_index, version)| Resume::State(ExportedState {
             model: model.clone(),
             version,
             step_index,
             hidden: HiddenState { layers: L, hidden: H, values: vec![0.0; L * H] },
-        });
+        }));
         let initial = initial.map(|(l, h, v)| HiddenState { layers: l, hidden: h, values: vec![v; l * h] });
-        let opened = w.engine.open_session(&model, None, key, None, initial, resume);
+        let opened = w.rt.block_on(w.engine.open_session(&model, None, key, None, initial, resume));
         let id = match opened {
             Ok((s, _)) => s.id.clone(),
             Err(EngineError::ModelRequired)
@@ -258,7 +258,7 @@ proptest! {
                 Err(e) => prop_assert!(false, "step: unexpected {e}"),
             }
         }
-        let _ = w.engine.close_session(&id, None);
+        let _ = w.rt.block_on(w.engine.close_session(&id, None));
         assert_bounded();
     }
 

@@ -22,7 +22,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use gru_serve::engine::{Engine, EngineConfig, EngineError, OpenParams, SessionStore};
+use gru_serve::engine::{Engine, EngineConfig, EngineError, OpenParams, Owner, SessionStore};
 use gru_serve::service::pb;
 use tempfile::TempDir;
 use tonic::Code;
@@ -464,9 +464,10 @@ async fn sessions_expire_after_ttl() {
     let model = engine.model("m", None).expect("model m");
     let params = |key: Option<&str>| OpenParams {
         key: key.map(str::to_string),
-        owner: None,
+        owner: Owner::Nobody,
         initial: None,
         step_index: 0,
+        last: None,
     };
     let store = SessionStore::new(10, Duration::from_secs(60));
     let (a, _) = store.open(model.clone(), params(Some("ka"))).unwrap();

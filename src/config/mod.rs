@@ -155,6 +155,40 @@ pub struct Args {
     #[arg(long, env = "GRU_MAX_RETAINED_REPLY_BYTES", default_value = "1GiB", value_name = "SIZE", value_parser = units::parse_bytes, help_heading = "Sessions")]
     pub max_retained_reply_bytes: u64,
 
+    /// Where sessions outlive this process. `file[:DIR]` (the default):
+    /// checkpoint files, restored at start, for one server (DIR defaults to
+    /// `--state-dir`/sessions, else the model directory's `.sessions`).
+    /// `redis://HOST:PORT[/DB]` (`rediss://` for TLS): shared by replicas,
+    /// which take sessions over from each other. `memory`: sessions die
+    /// with the process.
+    // Parsed in `server_config`, not by clap: clap's error would echo the
+    // value, and a Redis URL may carry a password.
+    #[arg(
+        long,
+        env = "GRU_SESSION_STORE",
+        default_value = "file",
+        value_name = "STORE",
+        help_heading = "Sessions"
+    )]
+    pub session_store: String,
+
+    /// How often the sessions changed since the last checkpoint are written
+    /// to the session store. A crash loses at most this much of each
+    /// session's progress (the client replays it).
+    #[arg(long, env = "GRU_CHECKPOINT_INTERVAL", default_value = "1s", value_name = "DURATION", value_parser = units::parse_duration, help_heading = "Sessions")]
+    pub checkpoint_interval: Duration,
+
+    /// A writable folder for the server's own state (the file session
+    /// store's checkpoints go in its `sessions` folder); default: inside
+    /// the model directory.
+    #[arg(
+        long,
+        env = "GRU_STATE_DIR",
+        value_name = "DIR",
+        help_heading = "Sessions"
+    )]
+    pub state_dir: Option<PathBuf>,
+
     // ---- Batching and request limits
     /// Most sessions one batched step gathers.
     #[arg(
@@ -488,6 +522,14 @@ impl Args {
                 max_predict_steps: self.max_predict_steps,
                 max_predict_bytes: self.max_predict_bytes,
                 max_retained_reply_bytes: self.max_retained_reply_bytes,
+                store: crate::engine::StoreConfig {
+                    spec: self
+                        .session_store
+                        .parse()
+                        .map_err(|e| format!("--session-store: {e}"))?,
+                    checkpoint_interval: self.checkpoint_interval,
+                    state_dir: self.state_dir.clone(),
+                },
                 training: TrainingConfig {
                     max_concurrent_jobs: self.training_jobs,
                     threads_per_job: self.training_threads,

@@ -141,6 +141,27 @@ pub enum EngineError {
     },
     #[error("Predict needs about {need_bytes} bytes of memory for these sequences; this server allows {limit_bytes} (--max-predict-bytes): send fewer or shorter sequences")]
     PredictTooLarge { need_bytes: u64, limit_bytes: u64 },
+    /// A session this replica does not hold, while the shared session store
+    /// that may hold it cannot be reached: retry (here or elsewhere).
+    #[error("session '{}' is not held by this replica and the session store ({store}) is unreachable: {error}; retry", ids::clip(.session))]
+    StoreUnavailable {
+        session: String,
+        store: String,
+        error: String,
+    },
+    /// A stored session whose model version this replica does not serve.
+    #[error("session '{}' runs on model '{}' version {version}, which this replica does not serve", ids::clip(.session), ids::clip(.model))]
+    SessionModelNotServed {
+        session: String,
+        model: String,
+        version: u64,
+    },
+    /// The session store cannot be opened (its folder, its URL).
+    #[error("session store: {0}")]
+    SessionStore(String),
+    /// A `resume_snapshot` that cannot be a session (its text says why).
+    #[error("resume_snapshot: {0}")]
+    BadSnapshot(String),
     /// The model folder cannot be read.
     #[error("model dir {}: {error}", .dir.display())]
     ModelDirUnreadable { dir: PathBuf, error: std::io::Error },
@@ -190,6 +211,10 @@ impl EngineError {
             EngineError::PredictStepCount { .. } => "predict_step_count",
             EngineError::PredictInputShape { .. } => "predict_input_shape",
             EngineError::PredictTooLarge { .. } => "predict_too_large",
+            EngineError::StoreUnavailable { .. } => "session_store_unavailable",
+            EngineError::SessionModelNotServed { .. } => "session_model_not_served",
+            EngineError::BadSnapshot(_) => "bad_snapshot",
+            EngineError::SessionStore(_) => "session_store",
             EngineError::ModelDirUnreadable { .. } => "model_dir_unreadable",
             EngineError::ModelInput(_) => "model_input",
             EngineError::Internal(_) => "internal",
@@ -326,6 +351,18 @@ mod tests {
                 error: std::io::Error::from(std::io::ErrorKind::NotFound),
             },
             EngineError::Internal("x".into()),
+            EngineError::StoreUnavailable {
+                session: s(),
+                store: "redis://r:6379".into(),
+                error: "refused".into(),
+            },
+            EngineError::SessionModelNotServed {
+                session: s(),
+                model: "m".into(),
+                version: 3,
+            },
+            EngineError::BadSnapshot("format 9".into()),
+            EngineError::SessionStore("file:/x: denied".into()),
         ];
         let mut labels: Vec<&str> = all.iter().map(EngineError::label).collect();
         labels.sort_unstable();

@@ -11,6 +11,7 @@ pub mod replies;
 pub mod rows;
 pub mod sessions;
 pub mod state;
+pub mod store;
 pub mod training;
 
 use std::path::PathBuf;
@@ -20,9 +21,19 @@ use std::time::Duration;
 pub use batcher::{StepInput, StepReply};
 pub use error::EngineError;
 pub use registry::{ModelMeta, Registry, ServedModel};
-pub use sessions::{ExportedState, OpenParams, Session, SessionStore};
+pub use sessions::{ExportedState, OpenParams, Owner, Session, SessionStore};
 pub use state::{HiddenState, StepOutcome};
+pub use store::{StoreConfig, StoreSpec};
 pub use training::{Training, TrainingConfig};
+
+/// What an open continues from, when not a fresh session.
+pub enum Resume {
+    /// An exported state (model, version, step index, h).
+    State(ExportedState),
+    /// A whole stored session (GetSessionState's `snapshot`): also its
+    /// last reply, so a retry of its last message is answered exactly once.
+    Snapshot(store::pb::SessionSnapshot),
+}
 
 /// Errors of the engine, named by what happened. Each carries the values
 /// involved and its message names them; `service` maps each variant to one
@@ -53,6 +64,8 @@ pub struct EngineConfig {
     pub max_retained_reply_bytes: u64,
     /// Training jobs: threads, queue and limits.
     pub training: TrainingConfig,
+    /// Where sessions outlive the process: memory, files or Redis.
+    pub store: StoreConfig,
 }
 
 impl Default for EngineConfig {
@@ -71,6 +84,7 @@ impl Default for EngineConfig {
             max_predict_bytes: 1 << 30,
             max_retained_reply_bytes: 1 << 30,
             training: TrainingConfig::default(),
+            store: StoreConfig::default(),
         }
     }
 }
@@ -81,6 +95,7 @@ impl Default for EngineConfig {
 pub struct Engine {
     registry: Arc<Registry>,
     sessions: Arc<SessionStore>,
+    durable: Arc<store::Durable>,
     training: Arc<Training>,
     config: Arc<EngineConfig>,
 }
@@ -90,15 +105,76 @@ impl Engine {
     /// with a log line) and starts one compute worker per model version.
     pub fn load(config: EngineConfig) -> Result<Engine, EngineError> {
         let registry = Arc::new(Registry::load(&config)?);
-        let sessions = Arc::new(SessionStore::new(config.max_sessions, config.session_ttl));
+        let (durable, stored) = store::Durable::open(&config.store, &config.model_dir)
+            .map_err(EngineError::SessionStore)?;
+        let mut sessions = SessionStore::new(config.max_sessions, config.session_ttl);
+        if !durable.is_memory() {
+            sessions = sessions.track_removed();
+        }
+        let sessions = Arc::new(sessions);
+        if !stored.is_empty() {
+            let (found, started) = (stored.len(), std::time::Instant::now());
+            let n = store::restore_all(&sessions, &registry, stored);
+            tracing::info!(
+                restored = n,
+                skipped = found - n,
+                secs = started.elapsed().as_secs_f64(),
+                store = %durable.label(),
+                "sessions restored"
+            );
+        }
         let training =
             Training::start(config.training.clone(), &config.model_dir, registry.clone())?;
         Ok(Engine {
             registry,
             sessions,
+            durable: Arc::new(durable),
             training,
             config: Arc::new(config),
         })
+    }
+
+    /// The session store's checkpoints (and, with Redis, the takeover
+    /// notices), until `cancel`. Spawned once the engine is loaded.
+    pub fn spawn_store_tasks(&self, cancel: tokio_util::sync::CancellationToken) {
+        tokio::spawn(store::run_checkpoints(
+            self.durable.clone(),
+            self.sessions.clone(),
+            cancel.clone(),
+        ));
+        tokio::spawn(store::listen_takeovers(
+            self.durable.clone(),
+            self.sessions.clone(),
+            cancel,
+        ));
+    }
+
+    /// Writes every live session to the store (at shutdown, after the
+    /// drain); returns how many. Memory: nothing.
+    pub async fn flush_sessions(&self) -> Result<usize, String> {
+        store::checkpoint(&self.durable, &self.sessions, true).await
+    }
+
+    /// Where sessions are kept: "memory", "file:DIR" or the Redis URL
+    /// (without its password).
+    pub fn session_store(&self) -> &str {
+        self.durable.label()
+    }
+
+    /// A session in the stores' format (GetSessionState).
+    pub fn snapshot(&self, s: &Session) -> store::pb::SessionSnapshot {
+        let d = s.lock();
+        store::snapshot::of(s, &d, self.sessions.ttl())
+    }
+
+    /// With a shared store: takes session `id` over from it when this
+    /// process does not hold it, so the call that follows finds it here.
+    /// Without one, or when held: nothing.
+    pub async fn ensure_session(&self, id: &str, owner: Option<&str>) -> Result<(), EngineError> {
+        if self.durable.is_shared() && !self.sessions.holds(id) {
+            store::adopt(&self.durable, &self.sessions, &self.registry, id, owner).await?;
+        }
+        Ok(())
     }
 
     /// The model `name` at `version`, or its latest version.
@@ -142,13 +218,21 @@ impl Engine {
     }
 
     /// A caller's session; another tenant's is NOT_FOUND like a missing one.
-    pub fn session(&self, id: &str, owner: Option<&str>) -> Result<Arc<Session>, EngineError> {
+    pub async fn session(
+        &self,
+        id: &str,
+        owner: Option<&str>,
+    ) -> Result<Arc<Session>, EngineError> {
+        self.ensure_session(id, owner).await?;
         self.sessions.get_owned(id, owner)
     }
 
     /// Closes a caller's session; returns its step index.
-    pub fn close_session(&self, id: &str, owner: Option<&str>) -> Result<u64, EngineError> {
-        self.sessions.close(id, owner)
+    pub async fn close_session(&self, id: &str, owner: Option<&str>) -> Result<u64, EngineError> {
+        self.ensure_session(id, owner).await?;
+        let step_index = self.sessions.close(id, owner)?;
+        store::closed(&self.durable, &self.sessions, id).await;
+        Ok(step_index)
     }
 
     /// The training jobs: submit, watch, list, cancel.
@@ -230,28 +314,79 @@ impl Engine {
         check_finite(what, h)
     }
 
-    /// Opens a session (see [`SessionStore::open`]), validating the initial state.
-    pub fn open_session(
+    /// Opens a session (see [`SessionStore::open`]), validating the initial
+    /// state. With a shared store, a key another replica holds takes that
+    /// session over, and a new session is stored at once, so any replica
+    /// finds it.
+    pub async fn open_session(
         &self,
         model: &str,
         version: Option<u64>,
         key: Option<String>,
         owner: Option<String>,
         initial: Option<HiddenState>,
-        resume: Option<ExportedState>,
+        resume: Option<Resume>,
     ) -> Result<(Arc<Session>, bool), EngineError> {
         if let Some(k) = &key {
             ids::check_key("session_key", k)?;
-        }
-        let (served, initial, step_index) = match (resume, initial) {
-            (Some(_), Some(_)) => return Err(EngineError::ResumeWithInitial),
-            (Some(r), None) => {
-                if !model.is_empty() && model != r.model {
-                    return Err(EngineError::ResumeModelMismatch {
-                        model: model.to_string(),
-                        resumed: r.model,
-                    });
+            let who = Owner::of(owner.clone());
+            if self.durable.is_shared() && self.sessions.id_for_key(&who, k).is_none() {
+                if let Some(id) = store::lookup_key(&self.durable, owner.as_deref(), k).await {
+                    // Unreachable or gone: the open goes on here.
+                    let _ = store::adopt(
+                        &self.durable,
+                        &self.sessions,
+                        &self.registry,
+                        &id,
+                        owner.as_deref(),
+                    )
+                    .await;
                 }
+            }
+        }
+        let tenant = owner.clone();
+        let (s, created) = self.open_here(model, version, key, owner, initial, resume)?;
+        if created && self.durable.is_shared() {
+            if let Some(other) = store::created(&self.durable, &self.sessions, &s).await {
+                // Another replica opened this key meanwhile: its session
+                // wins, this one (never stepped) goes.
+                self.sessions.drop_local(&s.id);
+                store::adopt(
+                    &self.durable,
+                    &self.sessions,
+                    &self.registry,
+                    &other,
+                    tenant.as_deref(),
+                )
+                .await?;
+                return Ok((self.sessions.get_owned(&other, tenant.as_deref())?, false));
+            }
+        }
+        Ok((s, created))
+    }
+
+    fn open_here(
+        &self,
+        model: &str,
+        version: Option<u64>,
+        key: Option<String>,
+        owner: Option<String>,
+        initial: Option<HiddenState>,
+        resume: Option<Resume>,
+    ) -> Result<(Arc<Session>, bool), EngineError> {
+        let check_model = |resumed: &str| {
+            if !model.is_empty() && model != resumed {
+                return Err(EngineError::ResumeModelMismatch {
+                    model: model.to_string(),
+                    resumed: resumed.to_string(),
+                });
+            }
+            Ok(())
+        };
+        let (served, initial, step_index, last) = match (resume, initial) {
+            (Some(_), Some(_)) => return Err(EngineError::ResumeWithInitial),
+            (Some(Resume::State(r)), None) => {
+                check_model(&r.model)?;
                 let served = self.registry.get(&r.model, Some(r.version))?;
                 Self::check_state("resume.hidden", &served, &r.hidden)?;
                 if r.step_index > ids::MAX_STEP_INDEX {
@@ -260,7 +395,23 @@ impl Engine {
                         max: ids::MAX_STEP_INDEX,
                     });
                 }
-                (served, Some(r.hidden.values), r.step_index)
+                (served, Some(r.hidden.values), r.step_index, None)
+            }
+            (Some(Resume::Snapshot(mut snap)), None) => {
+                check_model(&snap.model)?;
+                // A snapshot the client kept is not bound by this server's
+                // expiry; its id is not reused (the old session may live on).
+                snap.expires_at_unix_ms = u64::MAX;
+                if ids::check_id("session_id", &snap.session_id).is_err() {
+                    snap.session_id = sessions::new_id();
+                }
+                let r =
+                    store::snapshot::restore(&self.registry, snap, Some(0), self.sessions.ttl())
+                        .map_err(|e| match e {
+                            store::snapshot::RestoreError::Engine(e) => e,
+                            other => EngineError::BadSnapshot(other.to_string()),
+                        })?;
+                (r.model, Some(r.data.h), r.data.step_index, r.data.last)
             }
             (None, init) => {
                 let served = self.registry.get(model, version)?;
@@ -271,16 +422,17 @@ impl Engine {
                     }
                     None => None,
                 };
-                (served, h, 0)
+                (served, h, 0, None)
             }
         };
         self.sessions.open(
             served,
             OpenParams {
                 key,
-                owner,
+                owner: Owner::of(owner),
                 initial,
                 step_index,
+                last,
             },
         )
     }
@@ -336,6 +488,7 @@ impl Engine {
         owner: Option<&str>,
         input: StepInput,
     ) -> Result<StepReply, EngineError> {
+        self.ensure_session(session_id, owner).await?;
         self.submit_step(session_id, owner, input)?.wait().await
     }
 

@@ -21,6 +21,62 @@ use super::registry::ServedModel;
 use super::state::{HiddenState, SessionData, SessionState};
 use super::EngineError;
 
+/// SHA-256 of a tenant's name: how a stored session names its owner (the
+/// stores never hold tenant names, and never tokens).
+pub fn owner_hash(tenant: &str) -> Vec<u8> {
+    ring::digest::digest(&ring::digest::SHA256, tenant.as_bytes())
+        .as_ref()
+        .to_vec()
+}
+
+/// The tenant a session belongs to. Sessions opened here know the name;
+/// sessions read back from a store know only its hash.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Owner {
+    /// Opened without authentication.
+    Nobody,
+    Tenant(String),
+    Hashed(Vec<u8>),
+}
+
+impl Owner {
+    pub fn of(tenant: Option<String>) -> Owner {
+        tenant.map_or(Owner::Nobody, Owner::Tenant)
+    }
+
+    pub fn from_hash(hash: Vec<u8>) -> Owner {
+        if hash.is_empty() {
+            Owner::Nobody
+        } else {
+            Owner::Hashed(hash)
+        }
+    }
+
+    /// Whether `caller` (a tenant name, None without auth) owns it.
+    pub fn matches(&self, caller: Option<&str>) -> bool {
+        match (self, caller) {
+            (Owner::Nobody, None) => true,
+            (Owner::Tenant(t), Some(c)) => t == c,
+            (Owner::Hashed(h), Some(c)) => *h == owner_hash(c),
+            _ => false,
+        }
+    }
+
+    /// Its stored form: empty for nobody.
+    pub fn hash(&self) -> Vec<u8> {
+        match self {
+            Owner::Nobody => Vec::new(),
+            Owner::Tenant(t) => owner_hash(t),
+            Owner::Hashed(h) => h.clone(),
+        }
+    }
+}
+
+/// A caller's key-space entry: (owner hash, client key).
+fn key_entry(owner: &Owner, key: &str) -> (Vec<u8>, String) {
+    (owner.hash(), key.to_string())
+}
+
 /// How many expired ids are remembered, so a late step hears "expired"
 /// rather than "not found". Bounded so expiry cannot grow memory.
 const EXPIRED_MEMORY: usize = 65_536;
@@ -37,8 +93,8 @@ pub struct ExportedState {
 pub struct Session {
     pub id: String,
     pub key: Option<String>,
-    /// The tenant (auth token name) that opened it; None without auth.
-    pub owner: Option<String>,
+    /// The tenant that opened it.
+    pub owner: Owner,
     pub model: Arc<ServedModel>,
     /// What the model's worker reads and writes; the worker holds only this.
     state: Arc<SessionState>,
@@ -85,12 +141,23 @@ impl Session {
 /// What an open asks for; the model is already resolved.
 pub struct OpenParams {
     pub key: Option<String>,
-    /// The caller's tenant (auth token name); None without auth.
-    pub owner: Option<String>,
+    /// The caller's tenant.
+    pub owner: Owner,
     /// Initial h [layers × hidden]; zeros when None.
     pub initial: Option<Vec<f32>>,
     /// Step index to start at (a resumed export); 0 otherwise.
     pub step_index: u64,
+    /// The last reply, for a session resumed from its snapshot.
+    pub last: Option<super::state::LastReply>,
+}
+
+/// A session read back from a store, ready to be made live again.
+pub struct Restored {
+    pub id: String,
+    pub key: Option<String>,
+    pub owner: Owner,
+    pub model: Arc<ServedModel>,
+    pub data: SessionData,
 }
 
 /// Shards of the session map: enough that a step's lookup rarely waits for
@@ -110,18 +177,21 @@ struct Expired {
     order: VecDeque<String>,
 }
 
-type KeyMap = HashMap<(Option<String>, String), String>;
+type KeyMap = HashMap<(Vec<u8>, String), String>;
 
 pub struct SessionStore {
     shards: Box<[Mutex<Shard>]>,
     hasher: RandomState,
-    /// (owner, client key) → session id: each tenant has its own key space.
+    /// (owner hash, client key) → session id: each tenant has its own key space.
     /// Lock order: `keys` before a shard, never the other way round.
     keys: Mutex<KeyMap>,
     expired: Mutex<Expired>,
     live: AtomicUsize,
     max_sessions: usize,
     ttl: Duration,
+    /// Ids closed (true) or expired (false) since the store last took them
+    /// (a durable store removes them from its copy); None: nobody asks.
+    removed: Option<Mutex<Vec<(String, bool)>>>,
 }
 
 /// 128 random bits from the OS-seeded CSPRNG, hex: unguessable ids.
@@ -155,7 +225,127 @@ impl SessionStore {
             live: AtomicUsize::new(0),
             max_sessions,
             ttl,
+            removed: None,
         }
+    }
+
+    /// Remembers closed and expired ids for [`Self::take_removed`] (a
+    /// durable store's deletions).
+    pub fn track_removed(mut self) -> Self {
+        self.removed = Some(Mutex::new(Vec::new()));
+        self
+    }
+
+    /// Ids closed (true) or expired (false) since the last call.
+    pub fn take_removed(&self) -> Vec<(String, bool)> {
+        self.removed
+            .as_ref()
+            .map(|r| std::mem::take(&mut *lock(r)))
+            .unwrap_or_default()
+    }
+
+    /// Gives back ids a failed write did not remove.
+    pub fn return_removed(&self, ids: Vec<(String, bool)>) {
+        if let Some(r) = &self.removed {
+            lock(r).extend(ids);
+        }
+    }
+
+    /// Forgets a removal the store has already applied.
+    pub fn forget_removed(&self, id: &str) {
+        if let Some(r) = &self.removed {
+            lock(r).retain(|(i, _)| i != id);
+        }
+    }
+
+    fn note_removed(&self, id: &str, closed: bool) {
+        if let Some(r) = &self.removed {
+            lock(r).push((id.to_string(), closed));
+        }
+    }
+
+    /// Drops the local copy of `id` if its epoch is below `epoch` (another
+    /// replica has taken it over).
+    pub fn drop_if_older(&self, id: &str, epoch: u64) -> bool {
+        let older = self
+            .shard(id)
+            .live
+            .get(id)
+            .is_some_and(|s| s.lock().epoch < epoch);
+        older && self.drop_local(id)
+    }
+
+    /// Whether `id` is live here (no expiry check, no use recorded).
+    pub fn holds(&self, id: &str) -> bool {
+        self.shard(id).live.contains_key(id)
+    }
+
+    /// The id of a caller's live session opened with `key`, if any.
+    pub fn id_for_key(&self, owner: &Owner, key: &str) -> Option<String> {
+        lock(&self.keys).get(&key_entry(owner, key)).cloned()
+    }
+
+    /// Every live session, or only those whose stored copy is behind
+    /// (`dirty_refresh`: see [`SessionData::is_dirty`]). One lock at a time:
+    /// a step waits for at most one session's copy.
+    pub fn collect(&self, dirty_refresh: Option<Duration>) -> Vec<Arc<Session>> {
+        let mut out = Vec::new();
+        for shard in self.shards.iter() {
+            let sessions: Vec<Arc<Session>> = lock(shard).live.values().cloned().collect();
+            match dirty_refresh {
+                None => out.extend(sessions),
+                Some(r) => out.extend(sessions.into_iter().filter(|s| s.lock().is_dirty(r))),
+            }
+        }
+        out
+    }
+
+    /// Makes a stored session live again under its own id. At the cap it
+    /// is refused like an open; an id or key already live here is left as
+    /// it is (returns the live one).
+    pub fn restore(&self, r: Restored) -> Result<Arc<Session>, EngineError> {
+        let mut keys = lock(&self.keys);
+        if let Some(s) = self.shard(&r.id).live.get(&r.id).cloned() {
+            return Ok(s);
+        }
+        self.reserve(Instant::now(), Some(&mut *keys))?;
+        r.model
+            .worker
+            .stats
+            .sessions
+            .fetch_add(1, Ordering::Relaxed);
+        let deadline = r.data.last_used + self.ttl;
+        let s = Arc::new(Session {
+            id: r.id.clone(),
+            key: r.key.clone(),
+            owner: r.owner,
+            model: r.model,
+            state: Arc::new(SessionState::new(r.id.clone(), r.data)),
+        });
+        {
+            let mut shard = self.shard(&r.id);
+            shard.live.insert(r.id.clone(), s.clone());
+            shard.deadlines.push(Reverse((deadline, r.id.clone())));
+            Self::compact(&mut shard, self.ttl);
+        }
+        if let Some(k) = &s.key {
+            // A key re-opened here meanwhile keeps its live session.
+            keys.entry(key_entry(&s.owner, k)).or_insert(r.id);
+        }
+        Ok(s)
+    }
+
+    /// Drops this process's copy of a session another replica now owns:
+    /// not a close (the store keeps it), so it is not reported removed.
+    pub fn drop_local(&self, id: &str) -> bool {
+        let mut keys = lock(&self.keys);
+        let Some(s) = self.shard(id).live.remove(id) else {
+            return false;
+        };
+        self.live.fetch_sub(1, Ordering::AcqRel);
+        s.lock().closed = true;
+        Self::forget_key(&mut keys, &s);
+        true
     }
 
     fn shard(&self, id: &str) -> MutexGuard<'_, Shard> {
@@ -186,7 +376,7 @@ impl SessionStore {
         // key must not both create a session.
         let mut keys = params.key.as_ref().map(|_| lock(&self.keys));
         if let (Some(key), Some(map)) = (&params.key, keys.as_mut()) {
-            let k = (params.owner.clone(), key.clone());
+            let k = key_entry(&params.owner, key);
             if let Some(id) = map.get(&k).cloned() {
                 let found = self.shard(&id).live.get(&id).cloned();
                 if let Some(s) = found {
@@ -206,6 +396,7 @@ impl SessionStore {
                     if let Some(s) = self.remove(&id) {
                         Self::forget_key(map, &s);
                         self.remember_expired(&id);
+                        self.note_removed(&id, false);
                     }
                 }
             }
@@ -226,9 +417,11 @@ impl SessionStore {
                 SessionData {
                     h,
                     step_index: params.step_index,
-                    last: None,
+                    last: params.last,
                     closed: false,
                     last_used: now,
+                    saved: None,
+                    epoch: 0,
                 },
             )),
         });
@@ -238,8 +431,8 @@ impl SessionStore {
             shard.deadlines.push(Reverse((now + self.ttl, id.clone())));
             Self::compact(&mut shard, self.ttl);
         }
-        if let (Some(k), Some(map)) = (params.key, keys.as_mut()) {
-            map.insert((params.owner, k), id);
+        if let (Some(k), Some(map)) = (&params.key, keys.as_mut()) {
+            map.insert(key_entry(&params.owner, k), id);
         }
         Ok((s, true))
     }
@@ -303,7 +496,7 @@ impl SessionStore {
 
     fn forget_key(keys: &mut KeyMap, s: &Session) {
         if let Some(k) = &s.key {
-            let k = (s.owner.clone(), k.clone());
+            let k = key_entry(&s.owner, k);
             if keys.get(&k) == Some(&s.id) {
                 keys.remove(&k);
             }
@@ -326,6 +519,7 @@ impl SessionStore {
         if let Some(s) = self.remove(id) {
             Self::forget_key(&mut lock(&self.keys), &s);
             self.remember_expired(id);
+            self.note_removed(id, false);
         }
     }
 
@@ -343,7 +537,7 @@ impl SessionStore {
         let now = Instant::now();
         let found = self.shard(id).live.get(id).cloned();
         match found {
-            Some(s) if owner.is_some_and(|o| s.owner.as_deref() != o) => {
+            Some(s) if owner.is_some_and(|o| !s.owner.matches(o)) => {
                 Err(EngineError::SessionNotFound(id.to_string()))
             }
             Some(s) => {
@@ -382,6 +576,7 @@ impl SessionStore {
         let s = self.get_owned(id, owner)?;
         if let Some(s) = self.remove(id) {
             Self::forget_key(&mut lock(&self.keys), &s);
+            self.note_removed(id, true);
         }
         let step_index = s.lock().step_index;
         Ok(step_index)
@@ -421,6 +616,7 @@ impl SessionStore {
         for s in &expired {
             Self::forget_key(keys, s);
             self.remember_expired(&s.id);
+            self.note_removed(&s.id, false);
         }
         expired.len()
     }

@@ -45,6 +45,34 @@ pub struct SessionData {
     pub last: Option<LastReply>,
     pub closed: bool,
     pub last_used: Instant,
+    /// What the session store last wrote of this session (see
+    /// [`SessionData::is_dirty`]); None: never written.
+    pub saved: Option<Saved>,
+    /// Ownership epoch in a shared store (0: not yet written there). A
+    /// write with a stale epoch is refused and this copy dropped.
+    pub epoch: u64,
+}
+
+/// The step index and use time of a session's last stored snapshot.
+#[derive(Debug, Clone, Copy)]
+pub struct Saved {
+    pub step_index: u64,
+    pub last_used: Instant,
+}
+
+impl SessionData {
+    /// Whether the store's copy is behind: a step was applied since it was
+    /// written, or the session was used long enough after it that the
+    /// stored expiry would come too early (`refresh`, a fraction of the TTL).
+    pub fn is_dirty(&self, refresh: std::time::Duration) -> bool {
+        match self.saved {
+            None => true,
+            Some(s) => {
+                s.step_index != self.step_index
+                    || self.last_used.saturating_duration_since(s.last_used) > refresh
+            }
+        }
+    }
 }
 
 /// One session's state behind its lock, with the id the worker's refusals

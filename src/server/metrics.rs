@@ -145,6 +145,47 @@ fn describe() {
         "gru_sessions_max",
         "The session cap (--max-sessions): past it OpenSession is RESOURCE_EXHAUSTED."
     );
+    // The session store (--session-store).
+    describe_counter!(
+        "gru_session_checkpoints_total",
+        "Session store checkpoints, by result (ok, error)."
+    );
+    describe_counter!(
+        "gru_session_checkpoint_sessions_total",
+        "Sessions written by checkpoints (changed since the one before, or all at shutdown)."
+    );
+    describe_histogram!(
+        "gru_session_checkpoint_duration_seconds",
+        "How long one checkpoint took: copying the changed sessions and writing them."
+    );
+    describe_gauge!(
+        "gru_session_checkpoint_lag_seconds",
+        "Seconds since the last successful checkpoint: what a crash now could lose."
+    );
+    describe_counter!(
+        "gru_session_takeovers_total",
+        "Sessions moved between replicas: taken (fetched from the store here), lost (another replica took ours)."
+    );
+    describe_histogram!(
+        "gru_session_takeover_seconds",
+        "How long taking a session over from the store took (the first call's extra wait)."
+    );
+    describe_counter!(
+        "gru_session_store_errors_total",
+        "Failed session store calls, by operation; sessions keep serving from memory."
+    );
+    describe_gauge!(
+        "gru_session_store_up",
+        "1 while the shared session store (Redis) answers, 0 while it does not."
+    );
+    describe_counter!(
+        "gru_sessions_restored_total",
+        "Sessions read back from the session store at start."
+    );
+    describe_counter!(
+        "gru_session_restore_skipped_total",
+        "Stored sessions not restored, by reason (expired, invalid, corrupt_file)."
+    );
     // Models and training.
     describe_gauge!(
         "gru_model_versions_loaded",

@@ -251,6 +251,7 @@ async fn start_engine(
             cancel.clone(),
         ));
     }
+    engine.spawn_store_tasks(cancel.clone());
     let _ = cell.set(engine.clone());
     if !engine.has_models() {
         tracing::warn!(
@@ -399,9 +400,27 @@ async fn drain(
     }
 }
 
-/// Stops the engine's workers and training jobs, if it was loaded.
+/// Stops the engine's workers and training jobs, if it was loaded, then
+/// writes every session to the session store: after the drain and the
+/// workers, so what is written is final.
 async fn stop_engine(engine: &OnceLock<Engine>) {
     if let Some(engine) = engine.get().cloned() {
-        let _ = tokio::task::spawn_blocking(move || engine.shutdown()).await;
+        let e = engine.clone();
+        let _ = tokio::task::spawn_blocking(move || e.shutdown()).await;
+        let started = std::time::Instant::now();
+        match engine.flush_sessions().await {
+            Ok(n) if n > 0 => tracing::info!(
+                sessions = n,
+                store = %engine.session_store(),
+                secs = started.elapsed().as_secs_f64(),
+                "sessions written for the next start"
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::error!(
+                error = %e,
+                store = %engine.session_store(),
+                "sessions could not be written at shutdown: progress since the last checkpoint is lost"
+            ),
+        }
     }
 }

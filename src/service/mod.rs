@@ -10,7 +10,7 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
 use crate::engine::{
-    Engine, EngineError, ExportedState, HiddenState, PendingStep, PredictSeq, ServedModel,
+    Engine, EngineError, ExportedState, HiddenState, PendingStep, PredictSeq, Resume, ServedModel,
     StepInput,
 };
 use crate::model::{ResetMode, Task};
@@ -53,10 +53,12 @@ impl From<EngineError> for Status {
             | EngineError::PredictSequenceCount { .. }
             | EngineError::PredictStepCount { .. }
             | EngineError::PredictInputShape { .. }
+            | EngineError::BadSnapshot(_)
             | EngineError::ModelInput(_) => Status::invalid_argument(msg),
             EngineError::SessionKeyConflict { .. }
             | EngineError::StepIndexMismatch { .. }
             | EngineError::AlreadyAppliedReplyNotKept { .. }
+            | EngineError::SessionModelNotServed { .. }
             | EngineError::StepIndexOverflow { .. } => Status::failed_precondition(msg),
             EngineError::SessionLimit { .. }
             | EngineError::QueueFull { .. }
@@ -64,6 +66,8 @@ impl From<EngineError> for Status {
             EngineError::ShuttingDown
             | EngineError::WorkerStopped { .. }
             | EngineError::WorkerDroppedRequest { .. }
+            | EngineError::StoreUnavailable { .. }
+            | EngineError::SessionStore(_)
             | EngineError::ModelDirUnreadable { .. } => Status::unavailable(msg),
             EngineError::WorkerPanicked { .. } | EngineError::Internal(_) => Status::internal(msg),
             EngineError::Training(e) => {
@@ -387,20 +391,31 @@ impl GruService for GruServiceImpl {
         let owner = auth::tenant(&req);
         let (meta, _, r) = req.into_parts();
         let key = session_key(r.session_key.clone(), &meta);
-        let resume = r.resume.map(|s| ExportedState {
-            model: s.model,
-            version: s.version,
-            step_index: s.step_index,
-            hidden: hidden_in(s.hidden.unwrap_or_default()),
-        });
-        let (session, created) = engine.open_session(
-            &r.model,
-            version_arg(r.version),
-            key,
-            owner,
-            r.initial_state.map(hidden_in),
-            resume,
-        )?;
+        let resume = match (r.resume, r.resume_snapshot) {
+            (Some(_), Some(_)) => {
+                return Err(Status::invalid_argument(
+                    "give either resume or resume_snapshot, not both",
+                ))
+            }
+            (Some(s), None) => Some(Resume::State(ExportedState {
+                model: s.model,
+                version: s.version,
+                step_index: s.step_index,
+                hidden: hidden_in(s.hidden.unwrap_or_default()),
+            })),
+            (None, Some(snap)) => Some(Resume::Snapshot(snap)),
+            (None, None) => None,
+        };
+        let (session, created) = engine
+            .open_session(
+                &r.model,
+                version_arg(r.version),
+                key,
+                owner,
+                r.initial_state.map(hidden_in),
+                resume,
+            )
+            .await?;
         let step_index = session.lock().step_index;
         tracing::info!(session_id = %session.id, model = %session.model.name, version = session.model.version, created, "open session");
         if created {
@@ -423,7 +438,12 @@ impl GruService for GruServiceImpl {
         req: Request<pb::StepRequest>,
     ) -> Result<Response<pb::StepResponse>, Status> {
         let owner = auth::tenant(&req);
-        let submitted = step_submit(self.engine()?, owner.as_deref(), req.into_inner())?;
+        let engine = self.engine()?;
+        let req = req.into_inner();
+        engine
+            .ensure_session(&req.session_id, owner.as_deref())
+            .await?;
+        let submitted = step_submit(engine, owner.as_deref(), req)?;
         Ok(Response::new(step_finish(submitted).await?))
     }
 
@@ -479,7 +499,13 @@ impl GruService for GruServiceImpl {
                         // Queue here, in arrival order, so one session's
                         // messages are applied in order; only the waits for
                         // the replies run concurrently.
-                        let submitted = step_submit(&engine, owner.as_deref(), m);
+                        // A session another replica holds is taken over
+                        // first (a no-op without a shared store), before
+                        // later messages are queued: order is kept.
+                        let submitted = match engine.ensure_session(&id, owner.as_deref()).await {
+                            Ok(()) => step_submit(&engine, owner.as_deref(), m),
+                            Err(e) => Err(e.into()),
+                        };
                         let h = tokio::spawn(async move {
                             let r = match submitted {
                                 Ok(s) => step_finish(s).await,
@@ -534,7 +560,9 @@ impl GruService for GruServiceImpl {
     ) -> Result<Response<pb::GetSessionStateResponse>, Status> {
         let engine = self.engine()?;
         let owner = auth::tenant(&req);
-        let s = engine.session(&req.into_inner().session_id, owner.as_deref())?;
+        let s = engine
+            .session(&req.into_inner().session_id, owner.as_deref())
+            .await?;
         let e = s.export();
         Ok(Response::new(pb::GetSessionStateResponse {
             state: Some(pb::SessionState {
@@ -543,6 +571,7 @@ impl GruService for GruServiceImpl {
                 step_index: e.step_index,
                 hidden: Some(hidden_out(e.hidden)),
             }),
+            snapshot: Some(engine.snapshot(&s)),
         }))
     }
 
@@ -554,7 +583,7 @@ impl GruService for GruServiceImpl {
         let owner = auth::tenant(&req);
         let id = req.into_inner().session_id;
         observe::note_session(&id);
-        let step_index = engine.close_session(&id, owner.as_deref())?;
+        let step_index = engine.close_session(&id, owner.as_deref()).await?;
         tracing::info!(session_id = %id, step_index, "close session");
         Ok(Response::new(pb::CloseSessionResponse { step_index }))
     }

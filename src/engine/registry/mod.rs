@@ -315,6 +315,11 @@ impl Registry {
     }
 
     /// The model `name` at `version`, or its latest version.
+    /// The server-wide budget for kept last replies (restored ones too).
+    pub fn replies(&self) -> &Arc<ReplyBudget> {
+        &self.replies
+    }
+
     pub fn get(&self, name: &str, version: Option<u64>) -> Result<Arc<ServedModel>, EngineError> {
         // The same answer from every RPC: a missing name is the caller's mistake.
         if name.is_empty() {
