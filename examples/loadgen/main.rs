@@ -119,6 +119,12 @@ struct Args {
     /// In-process server: threads a large matmul may use (RAYON_NUM_THREADS).
     #[arg(long, default_value_t = 1)]
     compute_threads: usize,
+    /// In-process server: the session store (memory, file:DIR, redis://HOST:PORT).
+    #[arg(long, default_value = "memory")]
+    session_store: String,
+    /// In-process server: how often changed sessions are checkpointed to the store.
+    #[arg(long, default_value = "1s", value_parser = gru_serve::config::units::parse_duration)]
+    checkpoint_interval: std::time::Duration,
     /// Seed of the random model and inputs.
     #[arg(long, default_value_t = 1)]
     seed: u64,

@@ -90,6 +90,11 @@ impl InProcess {
             nice: args.train_nice,
             ..gru_serve::engine::TrainingConfig::default()
         };
+        config.engine.store = gru_serve::engine::StoreConfig {
+            spec: args.session_store.parse()?,
+            checkpoint_interval: args.checkpoint_interval,
+            state_dir: None,
+        };
         config.drain_timeout = Duration::from_secs(2);
         // The engine is handed out once loaded: its worker's WorkerStats give the batch sizes.
         let cell: Arc<std::sync::OnceLock<gru_serve::engine::Engine>> =

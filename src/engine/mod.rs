@@ -136,23 +136,30 @@ impl Engine {
 
     /// The session store's checkpoints (and, with Redis, the takeover
     /// notices), until `cancel`. Spawned once the engine is loaded.
+    /// The takeover notices, handoffs and heartbeat run on until the final
+    /// flush: through the drain, this replica still hands its sessions
+    /// over to the replicas taking its traffic.
     pub fn spawn_store_tasks(&self, cancel: tokio_util::sync::CancellationToken) {
         tokio::spawn(store::run_checkpoints(
             self.durable.clone(),
             self.sessions.clone(),
-            cancel.clone(),
+            cancel,
         ));
+        let stop = self.durable.stopped();
         tokio::spawn(store::listen_takeovers(
             self.durable.clone(),
             self.sessions.clone(),
-            cancel,
+            stop.clone(),
         ));
+        tokio::spawn(store::run_heartbeat(self.durable.clone(), stop));
     }
 
     /// Writes every live session to the store (at shutdown, after the
-    /// drain); returns how many. Memory: nothing.
+    /// drain) and lets go of them; returns how many. Memory: nothing.
     pub async fn flush_sessions(&self) -> Result<usize, String> {
-        store::checkpoint(&self.durable, &self.sessions, true).await
+        let r = store::checkpoint(&self.durable, &self.sessions, true).await;
+        self.durable.stopped().cancel();
+        r
     }
 
     /// Where sessions are kept: "memory", "file:DIR" or the Redis URL

@@ -338,14 +338,19 @@ impl SessionStore {
     /// Drops this process's copy of a session another replica now owns:
     /// not a close (the store keeps it), so it is not reported removed.
     pub fn drop_local(&self, id: &str) -> bool {
+        self.take_local(id).is_some()
+    }
+
+    /// [`Self::drop_local`], returning the session (closed: a step still in
+    /// the worker is answered NOT_FOUND rather than applied) so its state
+    /// can be written once more.
+    pub fn take_local(&self, id: &str) -> Option<Arc<Session>> {
         let mut keys = lock(&self.keys);
-        let Some(s) = self.shard(id).live.remove(id) else {
-            return false;
-        };
+        let s = self.shard(id).live.remove(id)?;
         self.live.fetch_sub(1, Ordering::AcqRel);
         s.lock().closed = true;
         Self::forget_key(&mut keys, &s);
-        true
+        Some(s)
     }
 
     fn shard(&self, id: &str) -> MutexGuard<'_, Shard> {

@@ -171,6 +171,10 @@ fn describe() {
         "How long taking a session over from the store took (the first call's extra wait)."
     );
     describe_counter!(
+        "gru_session_handoffs_total",
+        "Takeovers from a live replica: handed (it wrote its latest and let go), timeout (taken as last stored)."
+    );
+    describe_counter!(
         "gru_session_store_errors_total",
         "Failed session store calls, by operation; sessions keep serving from memory."
     );

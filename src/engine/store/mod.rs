@@ -111,6 +111,8 @@ pub struct Durable {
     /// claim it (the second claim would fence out the first copy).
     adopting: tokio::sync::Mutex<()>,
     last_ok: Mutex<Instant>,
+    /// Ends the takeover listener and the heartbeat after the final flush.
+    stopped: tokio_util::sync::CancellationToken,
 }
 
 /// A stable id for this process among replicas: host, pid, and a random
@@ -183,7 +185,13 @@ impl Durable {
             writing: tokio::sync::Mutex::new(()),
             adopting: tokio::sync::Mutex::new(()),
             last_ok: Mutex::new(Instant::now()),
+            stopped: tokio_util::sync::CancellationToken::new(),
         }
+    }
+
+    /// Cancelled once the final flush is done.
+    pub fn stopped(&self) -> tokio_util::sync::CancellationToken {
+        self.stopped.clone()
     }
 
     pub fn label(&self) -> &str {
@@ -405,7 +413,12 @@ async fn checkpoint_redis(
         mark_saved(&written);
         return Ok(n);
     }
-    let refused = r.save(items, ttl).await?;
+    // The final flush lets go of every session: the next replica takes
+    // them without waiting for a handoff.
+    let refused = r.save(items, ttl, all).await?;
+    if all {
+        let _ = r.heartbeat(true).await;
+    }
     for i in &refused {
         let s = &written[item_at[*i]].0;
         // Another replica owns it now (or it was closed there): this copy
@@ -476,7 +489,8 @@ pub async fn run_checkpoints(
 
 /// Listens for takeovers announced by other replicas and drops this
 /// process's stale copies at once (a checkpoint would find out later),
-/// so a session that moved does not answer from its old copy here.
+/// so a session that moved does not answer from its old copy here; and
+/// answers handoff requests for the sessions this replica holds.
 pub async fn listen_takeovers(
     durable: Arc<Durable>,
     sessions: Arc<SessionStore>,
@@ -488,11 +502,26 @@ pub async fn listen_takeovers(
         let attempt = async {
             let mut ps = r.client().get_async_pubsub().await?;
             ps.subscribe(shared::TAKEOVERS).await?;
+            ps.subscribe(shared::HANDOFFS).await?;
             let mut msgs = ps.on_message();
             while let Some(m) = msgs.next().await {
                 let Ok(text) = m.get_payload::<String>() else {
                     continue;
                 };
+                if m.get_channel_name() == shared::HANDOFFS {
+                    let mut parts = text.split(' ');
+                    if let (Some(id), Some(from)) = (parts.next(), parts.next()) {
+                        if from != r.replica() {
+                            let (d, s, id) = (durable.clone(), sessions.clone(), id.to_string());
+                            tokio::spawn(async move {
+                                if let Some(r) = d.redis() {
+                                    hand_over(r, &s, &id).await;
+                                }
+                            });
+                        }
+                    }
+                    continue;
+                }
                 let mut parts = text.split(' ');
                 let (Some(id), Some(epoch), Some(replica)) =
                     (parts.next(), parts.next(), parts.next())
@@ -545,6 +574,7 @@ pub async fn adopt(
     let tenant_hash = tenant.map(owner_hash).unwrap_or_default();
     let ttl = sessions.ttl();
     let started = Instant::now();
+    handoff(durable, r, id).await;
     let Some((epoch, bytes)) = r
         .claim(id, &tenant_hash, ttl)
         .await
@@ -564,6 +594,78 @@ pub async fn adopt(
     metrics::histogram!("gru_session_takeover_seconds").record(started.elapsed().as_secs_f64());
     tracing::debug!(session_id = %id, epoch, "session taken over from the store");
     Ok(true)
+}
+
+/// How long a takeover waits for a live owner to hand the session over
+/// before taking it as stored (the owner may be wedged, or gone without
+/// its heartbeat having lapsed yet).
+const HANDOFF_WAIT: Duration = Duration::from_millis(300);
+
+/// When another live replica owns `id`, asks it to write its latest state
+/// and let go, and waits (bounded) until it has: so a session moving
+/// between live replicas (a rebalance, a flap-back) loses no step. A dead
+/// owner's sessions are taken at once, as stored.
+async fn handoff(durable: &Durable, r: &shared::RedisStore, id: &str) {
+    if !matches!(r.owned_elsewhere(id).await, Ok(true)) {
+        return;
+    }
+    if r.request_handoff(id).await.is_err() {
+        return;
+    }
+    let deadline = Instant::now() + HANDOFF_WAIT;
+    while Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        match r.owned_elsewhere(id).await {
+            Ok(false) => {
+                metrics::counter!("gru_session_handoffs_total", "result" => "handed").increment(1);
+                return;
+            }
+            Ok(true) => {}
+            Err(_) => return,
+        }
+    }
+    metrics::counter!("gru_session_handoffs_total", "result" => "timeout").increment(1);
+    tracing::warn!(session_id = %id, store = %durable.label, "the owning replica did not hand the session over in time: taking it as last stored");
+}
+
+/// Answers a handoff request: this replica's copy of `id` stops (a step
+/// still in the worker is answered NOT_FOUND), is written, and let go.
+async fn hand_over(r: &shared::RedisStore, sessions: &SessionStore, id: &str) {
+    let Some(s) = sessions.take_local(id) else {
+        let _ = r.release(id).await;
+        return;
+    };
+    let ttl = sessions.ttl();
+    let snap = {
+        let d = s.lock();
+        snapshot::of(&s, &d, ttl)
+    };
+    let item = shared::SaveItem {
+        id: s.id.clone(),
+        epoch: snap.epoch,
+        snapshot: snap.encode_to_vec(),
+        tenant: snap.owner_hash.clone(),
+        key: s.key.clone(),
+    };
+    match r.save(vec![item], ttl, true).await {
+        Ok(_) => tracing::debug!(session_id = %id, "session handed over"),
+        Err(e) => {
+            tracing::warn!(session_id = %id, error = %e, "handing a session over failed: the taker reads the last checkpoint")
+        }
+    }
+}
+
+/// Keeps this replica's heartbeat alive (other replicas ask a live owner
+/// for a handoff, and take a dead one's sessions at once).
+pub async fn run_heartbeat(durable: Arc<Durable>, cancel: tokio_util::sync::CancellationToken) {
+    let Some(r) = durable.redis() else { return };
+    loop {
+        let _ = r.heartbeat(false).await;
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(shared::ALIVE_FOR / 3) => {}
+        }
+    }
 }
 
 /// The id a tenant's key names in the shared store (None: not there, or no

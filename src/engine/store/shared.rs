@@ -20,6 +20,28 @@ use redis::{AsyncCommands, Script};
 
 /// The channel takeovers are announced on: "id epoch replica".
 pub const TAKEOVERS: &str = "gru:takeover";
+/// The channel a replica asks a live owner on to hand a session over
+/// (write its latest state and let go): "id requester".
+pub const HANDOFFS: &str = "gru:handoff";
+/// `gru:r:{replica}` exists while that replica is alive (a heartbeat).
+const ALIVE: &str = "gru:r:";
+/// A replica's heartbeat lives this long without renewal.
+pub const ALIVE_FOR: Duration = Duration::from_secs(3);
+
+/// 1 when another replica that is alive owns the session.
+const PEEK: &str = r#"
+local o = redis.call('HGET', KEYS[1], 'owner')
+if not o or o == '' or o == ARGV[1] then return 0 end
+return redis.call('EXISTS', ARGV[2] .. o)
+"#;
+
+/// Lets go of a session this replica owns without writing it.
+const RELEASE: &str = r#"
+if redis.call('HGET', KEYS[1], 'owner') == ARGV[1] then
+  redis.call('HSET', KEYS[1], 'owner', '')
+end
+return 1
+"#;
 const SESSION: &str = "gru:s:";
 /// Most sessions one checkpoint script call writes (bounds how long one
 /// call holds Redis).
@@ -98,6 +120,8 @@ pub struct RedisStore {
     label: String,
     replica: String,
     claim: Script,
+    peek: Script,
+    release: Script,
     save: Script,
     create: Script,
     delete: Script,
@@ -169,6 +193,8 @@ impl RedisStore {
             label: redact(url),
             replica,
             claim: Script::new(CLAIM),
+            peek: Script::new(PEEK),
+            release: Script::new(RELEASE),
             save: Script::new(SAVE),
             create: Script::new(CREATE),
             delete: Script::new(DELETE),
@@ -279,7 +305,19 @@ impl RedisStore {
     /// Writes sessions whose epoch is still the stored one; returns the
     /// indices (into `items`) of those refused: another replica owns them
     /// now, or they were closed.
-    pub async fn save(&self, items: Vec<SaveItem>, ttl: Duration) -> Result<Vec<usize>, String> {
+    /// `release`: written as owned by nobody (at shutdown, or handing over),
+    /// so the next replica takes it without asking anyone.
+    pub async fn save(
+        &self,
+        items: Vec<SaveItem>,
+        ttl: Duration,
+        release: bool,
+    ) -> Result<Vec<usize>, String> {
+        let owner = if release {
+            String::new()
+        } else {
+            self.replica.clone()
+        };
         // The batches go out together on the one multiplexed connection.
         let mut calls = tokio::task::JoinSet::new();
         let mut items = items;
@@ -287,8 +325,7 @@ impl RedisStore {
         while !items.is_empty() {
             let rest = items.split_off(items.len().min(BATCH));
             let chunk = std::mem::replace(&mut items, rest);
-            let (script, replica, mut c) =
-                (self.save.clone(), self.replica.clone(), self.conn.clone());
+            let (script, replica, mut c) = (self.save.clone(), owner.clone(), self.conn.clone());
             calls.spawn(async move {
                 let mut inv = script.prepare_invoke();
                 inv.arg(replica).arg(ttl.as_millis() as u64).arg(SESSION);
@@ -334,6 +371,58 @@ impl RedisStore {
             .invoke_async(&mut c)
             .await;
         self.seen(r, "delete").map(|_| ())
+    }
+
+    /// Whether another replica, alive, owns session `id`.
+    pub async fn owned_elsewhere(&self, id: &str) -> Result<bool, String> {
+        let mut c = self.conn.clone();
+        let r: redis::RedisResult<i64> = self
+            .peek
+            .key(session_key(id))
+            .arg(&self.replica)
+            .arg(ALIVE)
+            .invoke_async(&mut c)
+            .await;
+        self.seen(r, "peek").map(|n| n == 1)
+    }
+
+    /// The replica that owns session `id` ("" for nobody; None: not stored).
+    pub async fn owner(&self, id: &str) -> Result<Option<String>, String> {
+        let mut c = self.conn.clone();
+        let r = c.hget(session_key(id), "owner").await;
+        self.seen(r, "owner")
+    }
+
+    /// Asks the owner of `id` to write it and let go.
+    pub async fn request_handoff(&self, id: &str) -> Result<(), String> {
+        let mut c = self.conn.clone();
+        let r: redis::RedisResult<i64> =
+            c.publish(HANDOFFS, format!("{id} {}", self.replica)).await;
+        self.seen(r, "handoff").map(|_| ())
+    }
+
+    /// Lets go of `id` without writing it (this replica does not hold it).
+    pub async fn release(&self, id: &str) -> Result<(), String> {
+        let mut c = self.conn.clone();
+        let r: redis::RedisResult<i64> = self
+            .release
+            .key(session_key(id))
+            .arg(&self.replica)
+            .invoke_async(&mut c)
+            .await;
+        self.seen(r, "release").map(|_| ())
+    }
+
+    /// Renews this replica's heartbeat (`gone`: removes it, at shutdown).
+    pub async fn heartbeat(&self, gone: bool) -> Result<(), String> {
+        let mut c = self.conn.clone();
+        let key = format!("{ALIVE}{}", self.replica);
+        let r: redis::RedisResult<()> = if gone {
+            c.del(key).await
+        } else {
+            c.set_ex(key, 1, ALIVE_FOR.as_secs()).await
+        };
+        self.seen(r, "heartbeat")
     }
 
     /// Bytes Redis uses for one stored session (MEMORY USAGE), for the
