@@ -112,6 +112,10 @@ pub mod server;
 #[cfg(feature = "grpc")]
 pub mod process;
 
+/// Real replicas behind nginx or HAProxy, with Redis (multi-replica tests).
+#[cfg(feature = "grpc")]
+pub mod cluster;
+
 /// Sessions and StepStreams on the small model (sizes, requests, replies).
 #[cfg(feature = "grpc")]
 pub mod sessions;

@@ -1,0 +1,156 @@
+#![cfg(feature = "grpc")]
+//! gRPC through real load balancers (nginx, HAProxy: deploy/'s example
+//! configs) to three real replicas: unary calls and StepStreams pass, and
+//! every call that carries a session's `x-session-key` lands on one replica,
+//! the same one each time, while different keys spread over the replicas.
+//! Which replica served is read from each replica's `gru_steps_total`.
+
+mod common;
+
+use std::collections::BTreeSet;
+
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+use common::cluster::{keyed, Balancer, Cluster};
+use common::server::{rand_vec, step_req, Client};
+use common::sessions::{ok_result, reply, I};
+use gru_serve::service::pb;
+
+/// Distinct keys opened: enough that all landing on one of three replicas
+/// would mean the balancer is not hashing (odds 3^-(KEYS-1)).
+const KEYS: usize = 12;
+const STEPS: usize = 4;
+
+async fn steps_per_replica(c: &Cluster) -> Vec<f64> {
+    let mut v = Vec::new();
+    for i in 0..c.replicas.len() {
+        v.push(c.metric(i, "gru_steps_total").await);
+    }
+    v
+}
+
+/// The one replica whose step counter moved since `before`, by `want` steps.
+async fn the_replica_that_stepped(c: &Cluster, before: &[f64], want: usize, what: &str) -> usize {
+    let after = steps_per_replica(c).await;
+    let moved: Vec<(usize, f64)> = after
+        .iter()
+        .zip(before)
+        .enumerate()
+        .filter(|(_, (a, b))| a != b)
+        .map(|(i, (a, b))| (i, a - b))
+        .collect();
+    assert!(
+        moved.len() == 1 && moved[0].1 == want as f64,
+        "{what}: want one replica to have stepped {want} steps, saw (replica, steps) {moved:?}"
+    );
+    moved[0].0
+}
+
+/// Opens a session by key, then steps it twice over a StepStream and once
+/// unary, each call keyed; returns the replica that did all the steps.
+async fn keyed_session(c: &Cluster, client: &mut Client, key: &str, seed: u64) -> usize {
+    let before = steps_per_replica(c).await;
+    let open = client
+        .open_session(keyed(
+            key,
+            pb::OpenSessionRequest {
+                model: "m".into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap_or_else(|e| panic!("open {key}: {e}"))
+        .into_inner();
+    let id = open.session_id;
+
+    let (tx, rx) = mpsc::channel(8);
+    let mut replies = client
+        .step_stream(keyed(key, ReceiverStream::new(rx)))
+        .await
+        .unwrap_or_else(|e| panic!("stream {key}: {e}"))
+        .into_inner();
+    for s in 0..STEPS as u64 - 1 {
+        tx.send(step_req(&id, rand_vec(I, seed * 100 + s), s))
+            .await
+            .unwrap();
+        let r = reply(&mut replies).await;
+        let ok = ok_result(&r);
+        assert_eq!((ok.start_step, ok.next_step), (s, s + 1), "{key}: {r:?}");
+    }
+    drop(tx);
+    assert!(
+        reply_end(&mut replies).await,
+        "{key}: the stream did not end"
+    );
+
+    let r = client
+        .step(keyed(key, step_req(&id, rand_vec(I, seed * 100 + 99), 0)))
+        .await
+        .unwrap_or_else(|e| panic!("unary step {key}: {e}"))
+        .into_inner();
+    assert_eq!(ok_result(&r).next_step, STEPS as u64, "{key}");
+    the_replica_that_stepped(c, &before, STEPS, key).await
+}
+
+/// True when the stream ends cleanly after its last reply.
+async fn reply_end(s: &mut tonic::Streaming<pb::StepResponse>) -> bool {
+    matches!(common::sessions::next_reply(s).await, Ok(None))
+}
+
+async fn affinity_through(balancer: Balancer) {
+    let c = Cluster::start(3, balancer, &[]).await;
+    let mut client = c.client().await;
+
+    let mut owner = Vec::new();
+    for k in 0..KEYS {
+        owner.push(keyed_session(&c, &mut client, &format!("user-{k}"), k as u64).await);
+    }
+    let used: BTreeSet<usize> = owner.iter().copied().collect();
+    assert!(
+        used.len() >= 2,
+        "{balancer:?}: {KEYS} keys all went to replica(s) {used:?}: not hashing"
+    );
+
+    // The same keys again, on a new connection: the same replicas.
+    let mut again = c.client().await;
+    for (k, want) in owner.iter().enumerate() {
+        let key = format!("user-{k}");
+        let before = steps_per_replica(&c).await;
+        // An idempotent open by key: the existing session, where it lives.
+        let open = again
+            .open_session(keyed(
+                &key,
+                pb::OpenSessionRequest {
+                    model: "m".into(),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(
+            !open.created,
+            "{key}: the re-open found no session: {open:?}"
+        );
+        assert_eq!(open.step_index, STEPS as u64, "{key}");
+        let r = again
+            .step(keyed(&key, step_req(&open.session_id, rand_vec(I, 7), 0)))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(ok_result(&r).next_step, STEPS as u64 + 1);
+        let got = the_replica_that_stepped(&c, &before, 1, &key).await;
+        assert_eq!(got, *want, "{balancer:?}: {key} moved replicas");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nginx_keeps_each_session_key_on_one_of_three_replicas() {
+    affinity_through(Balancer::Nginx).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn haproxy_keeps_each_session_key_on_one_of_three_replicas() {
+    affinity_through(Balancer::Haproxy).await;
+}
