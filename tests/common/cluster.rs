@@ -551,6 +551,18 @@ impl Cluster {
         self.wait_serving(i).await;
     }
 
+    /// The balancer's log (nginx: its error log; HAProxy: its request log).
+    pub fn balancer_log(&self) -> String {
+        match (&self.balancer, self.spec.balancer) {
+            (Some(_), Balancer::Nginx) => {
+                std::fs::read_to_string(self.dir.path().join("nginx/logs/error.log"))
+                    .unwrap_or_default()
+            }
+            (Some(b), _) => b.log_text(),
+            (None, _) => String::new(),
+        }
+    }
+
     /// Replica `i`'s output, over all its runs.
     pub fn replica_log(&self, i: usize) -> String {
         std::fs::read_to_string(&self.replicas[i].log).unwrap_or_default()
