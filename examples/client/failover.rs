@@ -152,7 +152,7 @@ impl FailoverSession {
     /// (k × output_size), failing over as often as it takes (bounded).
     pub async fn step(&mut self, rows: &[f32]) -> Result<Vec<f32>, Status> {
         let cols = self.input_size;
-        if rows.is_empty() || rows.len() % cols != 0 {
+        if rows.is_empty() || !rows.len().is_multiple_of(cols) {
             return Err(Status::invalid_argument(format!(
                 "{} values are not whole rows of {cols} inputs",
                 rows.len()

@@ -224,7 +224,7 @@ impl Training {
             return Ok(Found::Local(job));
         }
         match self.read_record(id) {
-            Some(status) => Ok(Found::Record(status)),
+            Some(status) => Ok(Found::Record(Box::new(status))),
             None => Err(TrainingError::JobNotFound(id.to_string()).into()),
         }
     }
@@ -345,7 +345,7 @@ impl Training {
     pub fn get(&self, id: &str) -> Result<JobStatus, EngineError> {
         match self.find(id)? {
             Found::Local(job) => Ok(self.with_position(&job)),
-            Found::Record(status) => Ok(status),
+            Found::Record(status) => Ok(*status),
         }
     }
 
@@ -376,7 +376,7 @@ impl Training {
     pub fn cancel(&self, id: &str) -> Result<JobStatus, EngineError> {
         let job = match self.find(id)? {
             Found::Local(job) => job,
-            Found::Record(status) => return self.cancel_remote(status),
+            Found::Record(status) => return self.cancel_remote(*status),
         };
         self.cancel_local(&job)?;
         Ok(self.with_position(&job))
@@ -413,7 +413,7 @@ impl Training {
     pub fn watch(&self, id: &str) -> Result<JobWatch, EngineError> {
         Ok(match self.find(id)? {
             Found::Local(job) => JobWatch::local(job),
-            Found::Record(status) => JobWatch::record(self.record_path(id), self.lease(), status),
+            Found::Record(status) => JobWatch::record(self.record_path(id), self.lease(), *status),
         })
     }
 
@@ -450,5 +450,5 @@ enum Found {
     /// A job this server queued.
     Local(Arc<Job>),
     /// Only its record: another replica's job, or an older one.
-    Record(JobStatus),
+    Record(Box<JobStatus>),
 }

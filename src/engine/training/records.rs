@@ -171,7 +171,7 @@ impl Training {
                 }
             }
             beats += 1;
-            if beats % super::LEASE_HEARTBEATS == 0 {
+            if beats.is_multiple_of(super::LEASE_HEARTBEATS) {
                 self.reconcile_records();
             }
         }

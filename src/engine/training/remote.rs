@@ -30,7 +30,7 @@ enum Inner {
     Record {
         path: PathBuf,
         lease: Duration,
-        status: JobStatus,
+        status: Box<JobStatus>,
         sent: Option<Progress>,
     },
 }
@@ -45,7 +45,7 @@ impl JobWatch {
         JobWatch(Inner::Record {
             path,
             lease,
-            status,
+            status: Box::new(status),
             sent: None,
         })
     }
@@ -85,7 +85,7 @@ impl JobWatch {
                 sent,
             } => {
                 match read_record_file(path) {
-                    Some(Ok(s)) => *status = s,
+                    Some(Ok(s)) => **status = s,
                     Some(Err(e)) => {
                         tracing::warn!(file = %path.display(), error = %e, "unreadable job record; keeping the last one read")
                     }
@@ -108,7 +108,7 @@ impl JobWatch {
                     *sent = status.progress.clone();
                     *cursor += 1;
                 }
-                (events, status.clone())
+                (events, (**status).clone())
             }
         }
     }
