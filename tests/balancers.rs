@@ -8,11 +8,12 @@
 mod common;
 
 use std::collections::BTreeSet;
+use std::io::{Read, Write};
 
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use common::cluster::{keyed, Balancer, Cluster};
+use common::cluster::{keyed, Balancer, Cluster, ClusterSpec};
 use common::server::{rand_vec, step_req, Client};
 use common::sessions::{ok_result, reply, I};
 use gru_serve::service::pb;
@@ -153,4 +154,81 @@ async fn nginx_keeps_each_session_key_on_one_of_three_replicas() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn haproxy_keeps_each_session_key_on_one_of_three_replicas() {
     affinity_through(Balancer::Haproxy).await;
+}
+
+/// Calls with `keys` different keys through the balancer; all must pass.
+async fn calls_pass(c: &Cluster, keys: usize, what: &str) {
+    let mut client = c.client().await;
+    for k in 0..keys {
+        client
+            .list_models(keyed(&format!("user-{k}"), pb::ListModelsRequest {}))
+            .await
+            .unwrap_or_else(|e| {
+                panic!(
+                    "{what}: a call with key user-{k} failed: {e}\nthe balancer's log:\n{}",
+                    c.balancer_log()
+                )
+            });
+    }
+}
+
+/// The harness's process controls behind each balancer: a replica killed
+/// (SIGKILL) or stopped (SIGTERM) is skipped by the balancer, and comes back
+/// on its ports; Redis answers at `redis_url`.
+async fn replicas_come_and_go_behind(balancer: Balancer) {
+    let mut c = Cluster::start_spec(ClusterSpec::new(3, balancer).redis()).await;
+    let url = c.redis_url();
+    let port: u16 = url.rsplit(':').next().unwrap().parse().unwrap();
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.write_all(b"PING\r\n").unwrap();
+    let mut buf = [0u8; 7];
+    s.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"+PONG\r\n", "{url}");
+
+    calls_pass(&c, KEYS, "all up").await;
+    c.kill(0);
+    assert!(!c.replicas[0].is_running());
+    calls_pass(&c, KEYS, "replica 0 killed").await;
+    c.terminate(1).await;
+    calls_pass(&c, KEYS, "replica 0 killed, replica 1 stopped").await;
+    c.restart(0).await;
+    c.restart(1).await;
+    assert!(c.replicas[0].is_running() && c.replicas[1].is_running());
+    calls_pass(&c, KEYS, "all back").await;
+    // Stopping a replica that runs goes through SIGTERM.
+    c.restart(2).await;
+    calls_pass(&c, KEYS, "replica 2 restarted").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nginx_skips_replicas_that_are_down_and_takes_them_back() {
+    replicas_come_and_go_behind(Balancer::Nginx).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn haproxy_skips_replicas_that_are_down_and_takes_them_back() {
+    replicas_come_and_go_behind(Balancer::Haproxy).await;
+}
+
+/// With every replica down, a call through the balancer is UNAVAILABLE (a
+/// gRPC status clients fail over on), not the balancer's HTML error page.
+async fn no_replica_is_unavailable_through(balancer: Balancer) {
+    let mut c = Cluster::start(1, balancer, &[]).await;
+    c.kill(0);
+    let mut client = c.client().await;
+    let e = client
+        .list_models(keyed("user-0", pb::ListModelsRequest {}))
+        .await
+        .expect_err("a call with no replica up");
+    assert_eq!(e.code(), tonic::Code::Unavailable, "{balancer:?}: {e:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nginx_answers_unavailable_when_no_replica_is_up() {
+    no_replica_is_unavailable_through(Balancer::Nginx).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn haproxy_answers_unavailable_when_no_replica_is_up() {
+    no_replica_is_unavailable_through(Balancer::Haproxy).await;
 }

@@ -10,8 +10,14 @@
 #   3. consistency: kustomization.yaml lists every manifest and envoy.yaml;
 #      the Deployment's uid, port and grace period agree with Dockerfile and
 #      the ConfigMap; envoy.yaml ring-hashes x-session-key over the headless
-#      Service over HTTP/2. (Envoy itself is not run: no Envoy binary can be
-#      installed here, so envoy.yaml's schema is checked only this far.)
+#      Service over HTTP/2; the ConfigMap's session store is redis.yaml's
+#      Service; nginx/gru-serve.conf and haproxy/haproxy.cfg hash
+#      x-session-key consistently over HTTP/2. (Envoy itself is not run: no
+#      Envoy binary can be installed here, so envoy.yaml's schema is checked
+#      only this far.)
+#   4. `nginx -t` and `haproxy -c` on the nginx and HAProxy examples, when
+#      those binaries are installed (.ci/run installs them; the tests in
+#      tests/balancers.rs run both configs against real replicas).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -141,7 +147,65 @@ check(all({"header": {"header_name": "x-session-key"}} in r["route"]["hash_polic
       "every Envoy route hashes on the x-session-key header")
 check(all(r["route"].get("timeout") == "0s" for r in routes), "Envoy routes have no timeout (long-lived streams)")
 
+store = cm.get("GRU_SESSION_STORE", "")
+redis_svc = one(deploy / "redis.yaml", "Service", "gru-redis")
+redis_sts = one(deploy / "redis.yaml", "StatefulSet", "gru-redis")
+m = re.match(r"rediss?://(?:[^@/]*@)?([^:/]+):(\d+)(?:/\d+)?$", store)
+check(m is not None and m.group(1).split(".")[0] == redis_svc["metadata"]["name"]
+      and int(m.group(2)) == redis_svc["spec"]["ports"][0]["port"],
+      f"GRU_SESSION_STORE {store!r} is the gru-redis Service and port")
+check(redis_sts["spec"]["serviceName"] == redis_svc["metadata"]["name"]
+      and redis_svc["spec"]["selector"].items() <= redis_sts["spec"]["template"]["metadata"]["labels"].items(),
+      "the gru-redis Service selects the Redis StatefulSet's pod")
+redis_args = redis_sts["spec"]["template"]["spec"]["containers"][0]["args"]
+check("noeviction" in redis_args, "Redis refuses writes when full rather than evicting sessions")
+
+nginx = (deploy / "nginx" / "gru-serve.conf").read_text()
+check(re.search(r"^\s*hash \$http_x_session_key consistent;", nginx, re.M) is not None,
+      "nginx hashes $http_x_session_key consistently")
+check(re.search(r"^\s*grpc_pass grpc://gru_serve;", nginx, re.M) is not None
+      and re.search(r"^\s*listen \S+ http2;", nginx, re.M) is not None, "nginx speaks HTTP/2 and passes gRPC upstream")
+check(re.search(r"^\s*client_max_body_size 0;", nginx, re.M) is not None, "nginx puts no size limit on a stream's body")
+haproxy = (deploy / "haproxy" / "haproxy.cfg").read_text()
+check(re.search(r"^\s*balance hdr\(x-session-key\)", haproxy, re.M) is not None
+      and re.search(r"^\s*hash-type consistent", haproxy, re.M) is not None,
+      "HAProxy balances on the x-session-key header, consistently")
+servers = re.findall(r"^\s*server \S+ \S+ (.*)$", haproxy, re.M)
+check(servers and all("proto h2" in s and f"port {metrics_port}" in s for s in servers),
+      f"HAProxy reaches every replica over HTTP/2 and checks /readyz on the metrics port {metrics_port}")
+
 if errors:
     sys.exit(f"validate.sh: {len(errors)} consistency check(s) failed")
 EOF
+# The balancer examples, checked by the real binaries (offline: the
+# upstreams are IP addresses).
+if command -v nginx >/dev/null; then
+    echo "== nginx -t deploy/nginx/gru-serve.conf"
+    prefix=$(mktemp -d /tmp/gru-nginx-check.XXXXXX)
+    trap 'rm -f "$bad"; rm -rf "$prefix"' EXIT
+    mkdir -p "$prefix/logs"
+    cat >"$prefix/nginx.conf" <<EOF2
+pid $prefix/nginx.pid;
+error_log $prefix/logs/error.log;
+events {}
+http {
+    access_log off;
+    client_body_temp_path $prefix;
+    proxy_temp_path $prefix;
+    fastcgi_temp_path $prefix;
+    uwsgi_temp_path $prefix;
+    scgi_temp_path $prefix;
+    include $PWD/deploy/nginx/gru-serve.conf;
+}
+EOF2
+    nginx -t -q -p "$prefix" -c "$prefix/nginx.conf" -e "$prefix/logs/error.log"
+else
+    echo "== nginx not installed: deploy/nginx/gru-serve.conf not checked by nginx -t"
+fi
+if command -v haproxy >/dev/null; then
+    echo "== haproxy -c -f deploy/haproxy/haproxy.cfg"
+    haproxy -c -q -f deploy/haproxy/haproxy.cfg
+else
+    echo "== haproxy not installed: deploy/haproxy/haproxy.cfg not checked by haproxy -c"
+fi
 echo "== deploy/ validated"

@@ -429,6 +429,8 @@ impl TrainingService for TrainingServiceImpl {
     ) -> Result<Response<Self::WatchTrainingStream>, Status> {
         let engine = self.engine()?;
         let req = request.into_inner();
+        // Any replica sharing the model directory: another's job is followed
+        // through its record (engine/training/remote.rs).
         let mut watch = engine.training().watch(&req.job_id)?;
         let mut cursor = if req.from_start { 0 } else { watch.recorded() };
         let (tx, rx) = mpsc::channel(64);
@@ -436,11 +438,7 @@ impl TrainingService for TrainingServiceImpl {
         tokio::spawn(async move {
             let mut last_state = None;
             loop {
-                // Mark the notification seen before reading, so a change
-                // after the read wakes the wait below.
-                watch.rx.borrow_and_update();
-                let (events, status) = watch.read(cursor);
-                cursor += events.len();
+                let (events, status) = watch.read(&mut cursor);
                 let mut out = Vec::with_capacity(events.len() + 2);
                 if last_state.is_none() {
                     out.push(job_event(&status));
@@ -464,10 +462,15 @@ impl TrainingService for TrainingServiceImpl {
                     return;
                 }
                 tokio::select! {
-                    r = watch.rx.changed() => if r.is_err() { return },
+                    more = watch.changed() => if !more { return },
                     _ = tx.closed() => return,
                     _ = shutdown.cancelled() => {
-                        let _ = tx.send(Err(Status::unavailable("the server is shutting down; the job is interrupted"))).await;
+                        let msg = if watch.is_local() {
+                            "the server is shutting down; the job is interrupted"
+                        } else {
+                            "the server is shutting down; the job runs on another replica: watch it there"
+                        };
+                        let _ = tx.send(Err(Status::unavailable(msg))).await;
                         return;
                     }
                 }
@@ -491,7 +494,8 @@ impl TrainingService for TrainingServiceImpl {
         &self,
         _request: Request<pb::ListTrainingJobsRequest>,
     ) -> Result<Response<pb::ListTrainingJobsResponse>, Status> {
-        let jobs = self.engine()?.training().list();
+        // Every replica's jobs: the records in the shared model directory.
+        let jobs = self.engine()?.training().list_all();
         Ok(Response::new(pb::ListTrainingJobsResponse {
             jobs: jobs.iter().map(job_out).collect(),
         }))

@@ -15,8 +15,9 @@
 //! c.restart(1).await;                          // same ports, same model dir
 //! ```
 //!
-//! Arguments may name `{redis}` (the Redis URL; Redis is then started) and
-//! `{replica}` (the replica's index); see [`ClusterSpec`].
+//! Arguments may name `{redis}` (the Redis URL; Redis is then started),
+//! `{replica}` (the replica's index) and `{dir}` (the cluster's temporary
+//! folder), e.g. `--state-dir {dir}/state-{replica}`; see [`ClusterSpec`].
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -55,7 +56,8 @@ pub struct ClusterSpec {
     /// Flags for every replica, after the harness's own (`--listen`,
     /// `--metrics-listen`, `--model-dir`, `--drain-timeout 2s`), so they can
     /// override them. `{redis}` becomes the Redis URL (and starts Redis),
-    /// `{replica}` the replica's index (e.g. a per-replica state folder).
+    /// `{replica}` the replica's index, `{dir}` the cluster's temporary
+    /// folder (e.g. `--state-dir {dir}/state-{replica}`).
     pub args: Vec<String>,
     /// Environment for every replica (`GRU_LOG` is `info` unless set here).
     pub env: Vec<(String, String)>,
@@ -456,6 +458,7 @@ impl Cluster {
             .map(|a| {
                 a.replace("{redis}", &redis)
                     .replace("{replica}", &i.to_string())
+                    .replace("{dir}", &self.dir.path().display().to_string())
             })
             .collect()
     }
@@ -549,6 +552,18 @@ impl Cluster {
         }
         self.spawn(i);
         self.wait_serving(i).await;
+    }
+
+    /// The balancer's log (nginx: its error log; HAProxy: its request log).
+    pub fn balancer_log(&self) -> String {
+        match (&self.balancer, self.spec.balancer) {
+            (Some(_), Balancer::Nginx) => {
+                std::fs::read_to_string(self.dir.path().join("nginx/logs/error.log"))
+                    .unwrap_or_default()
+            }
+            (Some(b), _) => b.log_text(),
+            (None, _) => String::new(),
+        }
     }
 
     /// Replica `i`'s output, over all its runs.

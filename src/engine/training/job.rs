@@ -58,6 +58,15 @@ pub struct JobStatus {
     pub created_unix_ms: i64,
     pub started_unix_ms: i64,
     pub finished_unix_ms: i64,
+    /// The replica that queued and runs the job (`host-pid-random`, new at
+    /// each start of a server); empty in records written before replicas.
+    #[serde(default)]
+    pub replica: String,
+    /// While queued or running: when `replica` last rewrote the record.
+    /// Another replica treats the job as live until this is older than the
+    /// lease (see `records.rs`); 0 = never, i.e. expired.
+    #[serde(default)]
+    pub heartbeat_unix_ms: i64,
     /// While queued: jobs ahead of this one. Computed, not stored.
     #[serde(skip)]
     pub queue_position: usize,

@@ -6,32 +6,39 @@
 //! target model, the whole dataset, limits) and queues the job, or refuses
 //! it; a runner thread takes it, trains it with [`crate::model::train`] and
 //! publishes the result through [`Registry::publish`] (crash-safe; see
-//! `registry/publish.rs`). A job record found QUEUED or RUNNING at start was
-//! cut off by a stop and becomes INTERRUPTED (or SUCCEEDED, if its version
-//! was already published).
+//! `registry/publish.rs`).
+//!
+//! Replicas: every server sharing a model directory shares its `.jobs/`
+//! records. A job belongs to the replica that queued it (`JobStatus::replica`),
+//! which rewrites its record every [`TrainingConfig::heartbeat`]; the record
+//! is the job's state for every other replica (Get, List, Watch by polling
+//! it, Cancel through a `<id>.cancel` marker the owner picks up). A record
+//! left QUEUED or RUNNING whose heartbeat is older than the lease (3
+//! heartbeats) was cut off by a stop or a crash: the next replica to start,
+//! or any live one at its next check, marks it INTERRUPTED (or SUCCEEDED, if
+//! its version was already published). A live replica's job is never touched.
 //!
 //! - `mod.rs`: the [`Training`] handle and what the RPCs call;
 //! - `job.rs`: a job's types and the checks a request passes;
 //! - `error.rs`: [`TrainingError`];
-//! - `records.rs`: the `.jobs/` records, reconciled at start;
+//! - `records.rs`: the `.jobs/` records: heartbeats, leases, reconciliation;
+//! - `remote.rs`: jobs of other replicas, read from their records;
 //! - `runner.rs`: the runner threads, progress recording, publication.
 
 mod error;
 mod job;
 mod records;
+mod remote;
 mod runner;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
-
-use tokio::sync::watch;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::registry::{valid_model_name, Registry};
 use super::EngineError;
-use crate::model::train::Progress;
 use crate::model::{GruModel, ModelConfig};
 
 pub use super::registry::PublishFault;
@@ -39,6 +46,7 @@ pub use error::TrainingError;
 use job::{check_new_model, check_request, Job, JobInput};
 pub use job::{sequence_bytes, JobRequest, JobResult, JobState, JobStatus, JobTarget};
 use records::JOBS_DIR;
+pub use remote::JobWatch;
 
 /// Limits and threads of the training side; every field has a `GRU_*` flag.
 #[derive(Debug, Clone)]
@@ -62,6 +70,11 @@ pub struct TrainingConfig {
     pub nice: i32,
     /// Finished job records kept (oldest dropped first).
     pub max_job_records: usize,
+    /// How often a replica rewrites the records of its queued and running
+    /// jobs. Another replica takes a job whose record is older than three of
+    /// these (the lease) for cut off; so a few seconds, far above a disk
+    /// write's worst case and the replicas' clock skew.
+    pub heartbeat: Duration,
     /// Test hook: fail publication at this point, as a crash would (the
     /// temporary folder is left behind). Never set in production.
     #[doc(hidden)]
@@ -80,6 +93,7 @@ impl Default for TrainingConfig {
             max_batch_bytes: 2 << 30,
             nice: 10,
             max_job_records: 1000,
+            heartbeat: Duration::from_secs(2),
             fault: None,
         }
     }
@@ -97,6 +111,24 @@ fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
+/// A record older than this many heartbeats belongs to no live replica.
+const LEASE_HEARTBEATS: u32 = 3;
+
+/// This server's id on its job records: host, pid and a random part, so a
+/// restarted process (even one that got the same pid) is a new replica.
+fn new_replica_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into());
+    format!(
+        "{host}-{}-{:06x}",
+        std::process::id(),
+        rand::random::<u32>() & 0xff_ffff
+    )
+}
+
 struct Queue {
     waiting: VecDeque<Arc<Job>>,
     stopping: bool,
@@ -108,16 +140,22 @@ pub struct Training {
     model_dir: PathBuf,
     jobs_dir: PathBuf,
     registry: Arc<Registry>,
-    /// Every known job, in creation order.
+    /// This server's id on the records of the jobs it runs.
+    replica: String,
+    /// The jobs this server queued since it started, in creation order
+    /// (other jobs are known by their records only).
     jobs: Mutex<BTreeMap<(i64, String), Arc<Job>>>,
     queue: Mutex<Queue>,
+    /// Runners wait on it for jobs.
     wake: Condvar,
+    /// The heartbeat thread sleeps on it (with the queue's lock) between beats.
+    beat: Condvar,
     runners: Mutex<Vec<std::thread::JoinHandle<()>>>,
 }
 
 impl Training {
-    /// Reloads job records (reconciling cut-off ones) and starts the runner
-    /// threads.
+    /// Reconciles job records cut off by a stop or crash, and starts the
+    /// runner threads and the heartbeat.
     pub fn start(
         config: TrainingConfig,
         model_dir: &Path,
@@ -129,16 +167,26 @@ impl Training {
             model_dir: model_dir.to_path_buf(),
             jobs_dir: jobs_dir.clone(),
             registry,
+            replica: new_replica_id(),
             jobs: Mutex::new(BTreeMap::new()),
             queue: Mutex::new(Queue {
                 waiting: VecDeque::new(),
                 stopping: false,
             }),
             wake: Condvar::new(),
+            beat: Condvar::new(),
             runners: Mutex::new(Vec::new()),
         });
-        training.reload_records();
+        tracing::info!(replica = %training.replica, "training jobs are recorded under this replica id");
+        training.reconcile_records();
+        training.prune_records();
         let mut runners = lock(&training.runners);
+        let t = training.clone();
+        let handle = std::thread::Builder::new()
+            .name("train-heartbeat".into())
+            .spawn(move || t.heartbeat_loop())
+            .map_err(|e| EngineError::Internal(format!("spawn training heartbeat thread: {e}")))?;
+        runners.push(handle);
         for n in 0..config.max_concurrent_jobs.max(1) {
             let t = training.clone();
             let handle = std::thread::Builder::new()
@@ -151,13 +199,34 @@ impl Training {
         Ok(training)
     }
 
-    fn find(&self, id: &str) -> Result<Arc<Job>, EngineError> {
-        super::ids::check_id("job_id", id)?;
+    /// This server's id on its job records.
+    pub fn replica_id(&self) -> &str {
+        &self.replica
+    }
+
+    fn lease(&self) -> Duration {
+        self.config.heartbeat * LEASE_HEARTBEATS
+    }
+
+    /// A job this server queued; None for other replicas' (and unknown) ids.
+    fn find_local(&self, id: &str) -> Option<Arc<Job>> {
         lock(&self.jobs)
             .values()
             .find(|j| lock(&j.status).job_id == id)
             .cloned()
-            .ok_or_else(|| TrainingError::JobNotFound(id.to_string()).into())
+    }
+
+    /// A job of this server, or else its record (another replica's, or one
+    /// from before this server started).
+    fn find(&self, id: &str) -> Result<Found, EngineError> {
+        super::ids::check_id("job_id", id)?;
+        if let Some(job) = self.find_local(id) {
+            return Ok(Found::Local(job));
+        }
+        match self.read_record(id) {
+            Some(status) => Ok(Found::Record(Box::new(status))),
+            None => Err(TrainingError::JobNotFound(id.to_string()).into()),
+        }
     }
 
     /// The config a job on `model` would train: the new spec, or the served
@@ -225,6 +294,8 @@ impl Training {
             created_unix_ms: now_ms(),
             started_unix_ms: 0,
             finished_unix_ms: 0,
+            replica: self.replica.clone(),
+            heartbeat_unix_ms: now_ms(),
             queue_position: 0,
         };
         let job = Job::new(
@@ -270,53 +341,80 @@ impl Training {
         status
     }
 
+    /// A job of any replica sharing the model directory.
     pub fn get(&self, id: &str) -> Result<JobStatus, EngineError> {
-        let job = self.find(id)?;
-        Ok(self.with_position(&job))
+        match self.find(id)? {
+            Found::Local(job) => Ok(self.with_position(&job)),
+            Found::Record(status) => Ok(*status),
+        }
     }
 
-    /// Every known job, oldest first.
+    /// The jobs this server queued since it started, oldest first (its
+    /// metrics; other replicas report their own).
     pub fn list(&self) -> Vec<JobStatus> {
         let jobs: Vec<_> = lock(&self.jobs).values().cloned().collect();
         jobs.iter().map(|j| self.with_position(j)).collect()
     }
 
+    /// Every job of every replica sharing the model directory, oldest
+    /// first: the records, with this server's own jobs as it knows them now.
+    pub fn list_all(&self) -> Vec<JobStatus> {
+        let mut all: BTreeMap<(i64, String), JobStatus> = self
+            .read_records()
+            .into_iter()
+            .map(|s| ((s.created_unix_ms, s.job_id.clone()), s))
+            .collect();
+        for s in self.list() {
+            all.insert((s.created_unix_ms, s.job_id.clone()), s);
+        }
+        all.into_values().collect()
+    }
+
     /// Cancels a queued job at once, or a running one at its next batch
-    /// (the returned state is then still RUNNING; watch for the end).
+    /// (the returned state is then still RUNNING; watch for the end). A job
+    /// of another replica is cancelled by that replica at its next heartbeat.
     pub fn cancel(&self, id: &str) -> Result<JobStatus, EngineError> {
-        let job = self.find(id)?;
+        let job = match self.find(id)? {
+            Found::Local(job) => job,
+            Found::Record(status) => return self.cancel_remote(*status),
+        };
+        self.cancel_local(&job)?;
+        Ok(self.with_position(&job))
+    }
+
+    fn cancel_local(&self, job: &Arc<Job>) -> Result<(), EngineError> {
         let was_queued = {
             let mut queue = lock(&self.queue);
             let before = queue.waiting.len();
-            queue.waiting.retain(|j| !Arc::ptr_eq(j, &job));
+            queue.waiting.retain(|j| !Arc::ptr_eq(j, job));
             queue.waiting.len() != before
         };
         if was_queued {
             self.finish(
-                &job,
+                job,
                 JobState::Cancelled,
                 "cancelled while queued".into(),
                 None,
             );
         } else {
-            let state = lock(&job.status).state;
+            let (id, state) = {
+                let s = lock(&job.status);
+                (s.job_id.clone(), s.state)
+            };
             if state.is_final() {
-                return Err(TrainingError::AlreadyEnded {
-                    id: id.to_string(),
-                    state,
-                }
-                .into());
+                return Err(TrainingError::AlreadyEnded { id, state }.into());
             }
             job.cancel.store(true, Ordering::Relaxed);
         }
-        Ok(self.with_position(&job))
+        Ok(())
     }
 
-    /// Follows a job: for WatchTraining.
+    /// Follows a job of any replica: for WatchTraining.
     pub fn watch(&self, id: &str) -> Result<JobWatch, EngineError> {
-        let job = self.find(id)?;
-        let rx = job.changed.subscribe();
-        Ok(JobWatch { job, rx })
+        Ok(match self.find(id)? {
+            Found::Local(job) => JobWatch::local(job),
+            Found::Record(status) => JobWatch::record(self.record_path(id), self.lease(), *status),
+        })
     }
 
     /// Stops taking jobs, interrupts running and queued ones, and joins the
@@ -339,6 +437,7 @@ impl Training {
             job.cancel.store(true, Ordering::Relaxed);
         }
         self.wake.notify_all();
+        self.beat.notify_all();
         let runners: Vec<_> = lock(&self.runners).drain(..).collect();
         for r in runners {
             let _ = r.join();
@@ -346,22 +445,10 @@ impl Training {
     }
 }
 
-/// A watcher's view of one job.
-pub struct JobWatch {
-    job: Arc<Job>,
-    /// Changes at every event and state change.
-    pub rx: watch::Receiver<u64>,
-}
-
-impl JobWatch {
-    /// Progress events recorded so far.
-    pub fn recorded(&self) -> usize {
-        lock(&self.job.events).len()
-    }
-
-    /// Recorded events from index `from` on, and the job's status.
-    pub fn read(&self, from: usize) -> (Vec<Progress>, JobStatus) {
-        let events = lock(&self.job.events).get(from..).unwrap_or(&[]).to_vec();
-        (events, self.job.status())
-    }
+/// Where a job id was found.
+enum Found {
+    /// A job this server queued.
+    Local(Arc<Job>),
+    /// Only its record: another replica's job, or an older one.
+    Record(Box<JobStatus>),
 }

@@ -33,6 +33,8 @@ impl Training {
             s.error = error;
             s.result = result;
             s.finished_unix_ms = now_ms();
+            // An ended job holds no lease.
+            s.heartbeat_unix_ms = 0;
             s.clone()
         };
         *lock(&job.input) = None;
@@ -44,6 +46,7 @@ impl Training {
         };
         metrics::counter!("gru_training_jobs_finished_total", "outcome" => outcome).increment(1);
         self.persist(&status);
+        let _ = std::fs::remove_file(self.cancel_path(&status.job_id));
         job.notify();
         // The state by name, and no `error` field on a success.
         let error = (!status.error.is_empty()).then_some(status.error.as_str());
@@ -99,6 +102,7 @@ impl Training {
             let mut s = lock(&job.status);
             s.state = JobState::Running;
             s.started_unix_ms = now_ms();
+            s.heartbeat_unix_ms = s.started_unix_ms;
             self.persist(&s);
             (s.job_id.clone(), s.model.clone(), s.hyperparameters.clone())
         };
@@ -116,7 +120,15 @@ impl Training {
                 last_record = Some(now);
             }
             drop(events);
-            lock(&job.status).progress = Some(p.clone());
+            let mut s = lock(&job.status);
+            s.progress = Some(p.clone());
+            if p.epoch_done {
+                // Other replicas' watchers read progress from the record:
+                // every epoch end, and every heartbeat between them.
+                s.heartbeat_unix_ms = now_ms();
+                self.persist(&s);
+            }
+            drop(s);
             if !p.epoch_done {
                 metrics::counter!("gru_training_batches_total").increment(1);
             }
