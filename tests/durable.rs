@@ -269,6 +269,7 @@ async fn a_corrupt_checkpoint_is_reported_set_aside_and_the_server_starts() {
     let files: Vec<_> = std::fs::read_dir(state.path())
         .unwrap()
         .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "gsnap"))
         .collect();
     assert_eq!(files.len(), 1, "{files:?}");
     let mut bytes = std::fs::read(&files[0]).unwrap();

@@ -76,7 +76,34 @@ fn seq_of(name: &str) -> Option<u64> {
         .ok()
 }
 
+/// Takes the store's folder for this process: `DIR/.lock`, locked with
+/// flock (released by the kernel when the process ends, however it ends).
+/// Two servers writing one folder would delete each other's checkpoints.
+fn lock_dir(dir: &Path) -> Result<std::fs::File, FileError> {
+    let path = dir.join(".lock");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(FileError::io(&path))?;
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        // SAFETY: flock on a descriptor this function owns; no memory is shared.
+        let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if r != 0 {
+            return Err(FileError::io(&path)(std::io::Error::other(
+                "in use by another gru-serve process: give each server its own --state-dir, or share sessions between replicas with --session-store redis://",
+            )));
+        }
+    }
+    Ok(f)
+}
+
 pub struct FileStore {
+    /// Held while this process owns the folder (see [`lock_dir`]).
+    lock: Option<std::fs::File>,
     dir: PathBuf,
     next_seq: u64,
     /// Files written since (and including) the last full table.
@@ -107,8 +134,12 @@ impl FileStore {
     /// is refused at start, not at the first checkpoint.
     pub fn open(dir: &Path) -> Result<(FileStore, Loaded), FileError> {
         let mut found: Vec<(u64, PathBuf)> = Vec::new();
+        let mut lock = None;
         let entries = match std::fs::read_dir(dir) {
-            Ok(e) => Some(e),
+            Ok(e) => {
+                lock = Some(lock_dir(dir)?);
+                Some(e)
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 probe_writable(dir)?;
                 None
@@ -160,6 +191,7 @@ impl FileStore {
         }
         let next_seq = found.last().map_or(1, |(s, _)| s + 1);
         let store = FileStore {
+            lock,
             dir: dir.to_path_buf(),
             next_seq,
             files: Vec::new(),
@@ -201,7 +233,10 @@ impl FileStore {
         if sessions.is_empty() && removed.is_empty() && !self.on_disk {
             return Ok(0);
         }
-        std::fs::create_dir_all(&self.dir).map_err(FileError::io(&self.dir))?;
+        if self.lock.is_none() {
+            std::fs::create_dir_all(&self.dir).map_err(FileError::io(&self.dir))?;
+            self.lock = Some(lock_dir(&self.dir)?);
+        }
         let seq = self.next_seq;
         let ck = pb::SessionCheckpoint {
             format: super::snapshot::FORMAT,
@@ -291,11 +326,16 @@ mod tests {
         st.write(vec![snap("a", 5)], vec!["b".into()], false)
             .unwrap();
         st.write(vec![snap("c", 2)], vec![], false).unwrap();
+        drop(st); // the process ends: its lock goes
         let (mut st2, l) = FileStore::open(dir.path()).unwrap();
         assert_eq!(ids(&l), [("a".into(), 5), ("c".into(), 2)]);
         assert_eq!(l.files, 3);
         st2.write(l.sessions, vec![], true).unwrap();
-        let left = std::fs::read_dir(dir.path()).unwrap().count();
+        drop(st2);
+        let left = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter(|e| seq_of(&e.as_ref().unwrap().file_name().to_string_lossy()).is_some())
+            .count();
         assert_eq!(left, 1, "a full table replaces the files before it");
         let (_, l) = FileStore::open(dir.path()).unwrap();
         assert_eq!(ids(&l), [("a".into(), 5), ("c".into(), 2)]);
@@ -309,6 +349,7 @@ mod tests {
         st.write(vec![snap("a", 2), snap("b", 2)], vec![], false)
             .unwrap();
         st.write(vec![snap("c", 3)], vec![], false).unwrap();
+        drop(st);
         // Flip one payload byte of the middle file.
         let mid = dir.path().join(file_name(2));
         let mut bytes = std::fs::read(&mid).unwrap();
@@ -327,6 +368,20 @@ mod tests {
         );
         assert!(mid.with_extension("gsnap.corrupt").exists());
         assert!(!dir.path().join(".ckpt-x.gsnap.tmp-1").exists());
+    }
+
+    #[test]
+    fn one_folder_serves_one_process_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut first, _) = FileStore::open(dir.path()).unwrap();
+        first.write(vec![snap("a", 1)], vec![], true).unwrap();
+        let Err(e) = FileStore::open(dir.path()) else {
+            panic!("a second store on one folder must be refused");
+        };
+        assert!(e.to_string().contains("in use by another"), "{e}");
+        drop(first);
+        let (_, l) = FileStore::open(dir.path()).unwrap();
+        assert_eq!(ids(&l), [("a".into(), 1)]);
     }
 
     #[test]

@@ -150,7 +150,7 @@ impl Durable {
                     // The default place may be read-only (a mounted model
                     // volume): say so and keep serving, from memory.
                     Err(e) if !chosen => {
-                        tracing::warn!(error = %e, "the default session store folder is not writable: sessions are kept in memory only (set --state-dir or --session-store)");
+                        tracing::warn!(error = %e, "the default session store folder cannot be used: sessions are kept in memory only (set --state-dir, or --session-store redis:// for replicas)");
                         return Ok((
                             Durable::new(Backend::Memory, "memory".into(), config),
                             Vec::new(),
