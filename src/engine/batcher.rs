@@ -339,10 +339,7 @@ fn admit(job: StepJob, hs: &mut Vec<f32>, replayed_rows: &mut u64) -> Option<Liv
 
 fn run_batch(ctx: &Ctx<'_>, sc: &mut Scratch) {
     let Ctx {
-        name,
-        model,
-        stats,
-        ..
+        name, model, stats, ..
     } = *ctx;
     let c = model.config();
     let size = c.num_layers * c.hidden_size;

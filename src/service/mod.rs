@@ -11,7 +11,7 @@ use tracing::Instrument;
 
 use crate::engine::{
     Engine, EngineError, ExportedState, HiddenState, PendingStep, PredictSeq, ServedModel,
-    StepInput,
+    StepInput, StreamSessions,
 };
 use crate::model::{ResetMode, Task};
 
@@ -216,9 +216,11 @@ struct Refused {
 
 /// Step and StepStream, phase 1: validate and queue the message on the
 /// worker. Synchronous, so a stream queues its messages in arrival order.
+/// A stream passes the sessions it has resolved (`seen`); a unary Step, None.
 fn step_submit(
     engine: &Engine,
     owner: Option<&str>,
+    seen: Option<&mut StreamSessions>,
     req: pb::StepRequest,
 ) -> Result<SubmittedStep, Refused> {
     let pb::StepRequest {
@@ -254,7 +256,10 @@ fn step_submit(
         cols,
         start_step: start,
     };
-    let pending = match span.in_scope(|| engine.submit_step(&session_id, owner, input)) {
+    let pending = match span.in_scope(|| match seen {
+        Some(seen) => engine.submit_stream_step(seen, &session_id, owner, input),
+        None => engine.submit_step(&session_id, owner, input),
+    }) {
         Ok(p) => p,
         Err(e) => return Err(refuse(e.into(), session_id)),
     };
@@ -496,9 +501,11 @@ impl GruService for GruServiceImpl {
         req: Request<pb::StepRequest>,
     ) -> Result<Response<pb::StepResponse>, Status> {
         let owner = auth::tenant(&req);
-        let submitted = step_submit(self.engine()?, owner.as_deref(), req.into_inner())
+        let submitted = step_submit(self.engine()?, owner.as_deref(), None, req.into_inner())
             .map_err(|r| r.status)?;
-        Ok(Response::new(step_finish(submitted).await.map_err(|r| r.status)?))
+        Ok(Response::new(
+            step_finish(submitted).await.map_err(|r| r.status)?,
+        ))
     }
 
     type StepStreamStream = ReceiverStream<Result<pb::StepResponse, Status>>;
@@ -534,6 +541,7 @@ impl GruService for GruServiceImpl {
         let reader_cancel = cancel.clone();
         let idle = self.stream_idle_timeout;
         tokio::spawn(async move {
+            let mut seen = StreamSessions::default();
             loop {
                 let msg = tokio::select! {
                     _ = reader_cancel.cancelled() => {
@@ -556,7 +564,8 @@ impl GruService for GruServiceImpl {
                         // Queue here, in arrival order, so one session's
                         // messages are applied in order; only the waits for
                         // the replies overlap.
-                        let item = match step_submit(&engine, owner.as_deref(), m) {
+                        let item = match step_submit(&engine, owner.as_deref(), Some(&mut seen), m)
+                        {
                             Ok(s) => Item::Step(s),
                             Err(r) => Item::Refused(r),
                         };
