@@ -255,6 +255,46 @@ impl Engine {
     }
 }
 
+/// Most sessions one stream remembers (see [`Engine::submit_stream_step`]);
+/// past it the memory starts over, so a stream cannot grow it.
+pub const STREAM_SESSIONS_MAX: usize = 1024;
+
+/// The sessions a stream has used, by id. Weak: a stream does not keep a
+/// closed or expired session alive.
+#[derive(Default)]
+pub struct StreamSessions {
+    map: std::collections::HashMap<String, std::sync::Weak<Session>, IdHash>,
+}
+
+/// Hashes session ids, which the store makes from 128 random bits (only
+/// ids the store resolved are ever kept), with a multiply-rotate instead of
+/// SipHash: the lookup is on every stream message.
+#[derive(Default, Clone, Copy)]
+struct IdHash;
+
+impl std::hash::BuildHasher for IdHash {
+    type Hasher = IdHasher;
+    fn build_hasher(&self) -> IdHasher {
+        IdHasher(0)
+    }
+}
+
+struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for c in bytes.chunks(8) {
+            let mut w = [0u8; 8];
+            w[..c.len()].copy_from_slice(c);
+            self.0 =
+                (self.0.rotate_left(5) ^ u64::from_le_bytes(w)).wrapping_mul(0x517c_c1b7_2722_0a95);
+        }
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
 /// A queued step message (see [`Engine::submit_step`]).
 pub struct PendingStep {
     pub session: Arc<Session>,
@@ -455,6 +495,53 @@ impl Engine {
         input: StepInput,
     ) -> Result<PendingStep, EngineError> {
         let session = self.sessions.get_owned(session_id, owner)?;
+        self.queue_step(session, input)
+    }
+
+    /// [`Engine::submit_step`] for a stream: a session the stream has used
+    /// before is taken from `seen` (no shard lock, no store lookup), with
+    /// the same liveness rule as the store's (closed, or idle past the TTL,
+    /// goes to the store, which answers as it always does).
+    pub fn submit_stream_step(
+        &self,
+        seen: &mut StreamSessions,
+        session_id: &str,
+        owner: Option<&str>,
+        input: StepInput,
+    ) -> Result<PendingStep, EngineError> {
+        let cached = seen.map.get(session_id).and_then(std::sync::Weak::upgrade);
+        let session = match cached {
+            Some(s) if self.still_live(&s) => s,
+            _ => {
+                seen.map.remove(session_id);
+                let s = self.sessions.get_owned(session_id, owner)?;
+                if seen.map.len() >= STREAM_SESSIONS_MAX {
+                    seen.map.clear();
+                }
+                seen.map.insert(session_id.to_string(), Arc::downgrade(&s));
+                s
+            }
+        };
+        self.queue_step(session, input)
+    }
+
+    /// Marks a cached session used now when the store would: not closed
+    /// and not idle past the TTL.
+    fn still_live(&self, s: &Session) -> bool {
+        let now = tokio::time::Instant::now();
+        let mut d = s.lock();
+        let live = !d.closed && now.saturating_duration_since(d.last_used) <= self.sessions.ttl();
+        if live {
+            d.last_used = now;
+        }
+        live
+    }
+
+    fn queue_step(
+        &self,
+        session: Arc<Session>,
+        input: StepInput,
+    ) -> Result<PendingStep, EngineError> {
         let StepInput {
             ref inputs,
             rows: k,

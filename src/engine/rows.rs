@@ -51,14 +51,8 @@ pub fn forward_rows(model: &GruModel, rows: &[RowIn<'_>]) -> Result<RowsOut, Eng
             }
         }
     }
-    let dev = model.device();
-    let dt = model.dtype();
-    let xs = Tensor::from_vec(xs, (b, kmax, i), dev)?.to_dtype(dt)?;
-    let st = Tensor::from_vec(state, (l_n, b, h), dev)?.to_dtype(dt)?;
     let lengths: Vec<usize> = rows.iter().map(|r| r.len).collect();
-    let (ys, hn) = model.forward(&xs, &lengths, Some(&st))?;
-    let ys = to_f32_vec(&ys)?;
-    let hn = to_f32_vec(&hn)?;
+    let Padded { ys, hn, .. } = forward_padded(model, xs, state, &lengths)?;
     let outs = rows
         .iter()
         .enumerate()
@@ -74,6 +68,45 @@ pub fn forward_rows(model: &GruModel, rows: &[RowIn<'_>]) -> Result<RowsOut, Eng
         })
         .collect();
     Ok((outs, states))
+}
+
+/// One padded forward's results, flat: row r's outputs are
+/// `ys[r·kmax·O ..][.. len_r·O]`, its final h of layer l is `hn[(l·B + r)·H ..][.. H]`.
+pub struct Padded {
+    pub ys: Vec<f32>,
+    pub hn: Vec<f32>,
+    pub kmax: usize,
+}
+
+/// One forward over B rows already gathered: `xs` [B × kmax × I] (padded,
+/// kmax = the longest length) and `state` [L × B × H]. When every row is one
+/// step long it runs the model's single-step path, which skips the padded
+/// path's sort and transposes (µs per call at small B, BENCHMARKS.md).
+pub fn forward_padded(
+    model: &GruModel,
+    xs: Vec<f32>,
+    state: Vec<f32>,
+    lengths: &[usize],
+) -> Result<Padded, EngineError> {
+    let c = model.config();
+    let (i, h, l_n) = (c.input_size, c.hidden_size, c.num_layers);
+    let b = lengths.len();
+    let kmax = lengths.iter().copied().max().unwrap_or(1);
+    let dev = model.device();
+    let dt = model.dtype();
+    let st = Tensor::from_vec(state, (l_n, b, h), dev)?.to_dtype(dt)?;
+    let (ys, hn) = if kmax == 1 {
+        let x = Tensor::from_vec(xs, (b, i), dev)?.to_dtype(dt)?;
+        model.step(&x, &st)?
+    } else {
+        let xs = Tensor::from_vec(xs, (b, kmax, i), dev)?.to_dtype(dt)?;
+        model.forward(&xs, lengths, Some(&st))?
+    };
+    Ok(Padded {
+        ys: to_f32_vec(&ys)?,
+        hn: to_f32_vec(&hn)?,
+        kmax,
+    })
 }
 
 fn to_f32_vec(t: &Tensor) -> Result<Vec<f32>, EngineError> {

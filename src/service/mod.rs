@@ -11,7 +11,7 @@ use tracing::Instrument;
 
 use crate::engine::{
     Engine, EngineError, ExportedState, HiddenState, PendingStep, PredictSeq, Resume, ServedModel,
-    StepInput,
+    StepInput, StreamSessions,
 };
 use crate::model::{ResetMode, Task};
 
@@ -211,18 +211,44 @@ struct SubmittedStep {
     started: std::time::Instant,
 }
 
+/// A step message refused before it was queued, with what its stream reply names.
+struct Refused {
+    status: Status,
+    session_id: String,
+    request_id: u64,
+}
+
 /// Step and StepStream, phase 1: validate and queue the message on the
 /// worker. Synchronous, so a stream queues its messages in arrival order.
+/// A stream passes the sessions it has resolved (`seen`); a unary Step, None.
 fn step_submit(
     engine: &Engine,
     owner: Option<&str>,
+    seen: Option<&mut StreamSessions>,
     req: pb::StepRequest,
-) -> Result<SubmittedStep, Status> {
-    let (k, cols, values) = matrix("inputs", req.inputs)?;
-    let start = (req.has_start_step || req.start_step > 0).then_some(req.start_step);
+) -> Result<SubmittedStep, Refused> {
+    let pb::StepRequest {
+        session_id,
+        request_id,
+        inputs,
+        start_step,
+        has_start_step,
+        return_state,
+        ..
+    } = req;
+    let refuse = |status: Status, session_id: String| Refused {
+        status,
+        session_id,
+        request_id,
+    };
+    let (k, cols, values) = match matrix("inputs", inputs) {
+        Ok(m) => m,
+        Err(status) => return Err(refuse(status, session_id)),
+    };
+    let start = (has_start_step || start_step > 0).then_some(start_step);
     let span = tracing::debug_span!(
         "step",
-        session_id = %req.session_id,
+        session_id = %session_id,
         steps = k,
         model = tracing::field::Empty,
         version = tracing::field::Empty
@@ -234,16 +260,24 @@ fn step_submit(
         cols,
         start_step: start,
     };
-    let pending = span.in_scope(|| engine.submit_step(&req.session_id, owner, input))?;
+    let pending = match span.in_scope(|| match seen {
+        Some(seen) => engine.submit_stream_step(seen, &session_id, owner, input),
+        None => engine.submit_step(&session_id, owner, input),
+    }) {
+        Ok(p) => p,
+        Err(e) => return Err(refuse(e.into(), session_id)),
+    };
     let served = &pending.session.model;
-    span.record("model", served.name.as_str());
-    span.record("version", served.version);
+    if !span.is_disabled() {
+        span.record("model", served.name.as_str());
+        span.record("version", served.version);
+    }
     observe::note_model(&served.name, served.version);
     observe::note_session(&pending.session.id);
     Ok(SubmittedStep {
-        session_id: req.session_id,
-        request_id: req.request_id,
-        return_state: req.return_state,
+        session_id,
+        request_id,
+        return_state,
         k,
         pending,
         span,
@@ -251,43 +285,87 @@ fn step_submit(
     })
 }
 
-/// Phase 2: await the worker's reply and build the response.
-async fn step_finish(s: SubmittedStep) -> Result<pb::StepResponse, Status> {
-    let c = s.pending.session.model.model.config();
-    let (l, h) = (c.num_layers, c.hidden_size);
-    let (span, started) = (s.span.clone(), s.started);
-    let served = s.pending.session.model.clone();
-    let reply = s.pending.wait().instrument(span.clone()).await?;
+/// Phase 2: await the worker's reply and build the response. The step
+/// counter is the worker's (once per batch); the latency is per message.
+async fn step_finish(s: SubmittedStep) -> Result<pb::StepResponse, Refused> {
+    let SubmittedStep {
+        session_id,
+        request_id,
+        return_state,
+        k,
+        pending,
+        span,
+        started,
+    } = s;
+    let served = pending.session.model.clone();
+    let waited = if span.is_disabled() {
+        pending.wait().await
+    } else {
+        pending.wait().instrument(span.clone()).await
+    };
+    let reply = match waited {
+        Ok(r) => r,
+        Err(e) => {
+            return Err(Refused {
+                status: e.into(),
+                session_id,
+                request_id,
+            })
+        }
+    };
     let elapsed = started.elapsed();
-    let m = &served.worker.stats.metrics;
-    m.step_latency.record(elapsed.as_secs_f64());
-    m.steps.increment(s.k as u64);
+    served
+        .worker
+        .stats
+        .metrics
+        .step_latency
+        .record(elapsed.as_secs_f64());
     tracing::debug!(
         parent: &span,
         elapsed_us = elapsed.as_micros() as u64,
         replayed = reply.replayed,
         "step done"
     );
+    let c = served.model.config();
     let o = &reply.outcome;
-    let out_cols = o.outputs.len() / s.k.max(1);
-    let state = s.return_state.then(|| {
+    let out_cols = o.outputs.len() / k.max(1);
+    let state = return_state.then(|| {
         hidden_out(HiddenState {
-            layers: l,
-            hidden: h,
+            layers: c.num_layers,
+            hidden: c.hidden_size,
             values: o.state.clone(),
         })
     });
+    // The outcome is shared with the session's kept reply (retries) unless
+    // the budget had no room: then it is ours alone and moves, uncopied.
+    let (outputs, start_step, next_step) = match Arc::try_unwrap(reply.outcome) {
+        Ok(o) => (o.outputs, o.start_step, o.next_step),
+        Err(o) => (o.outputs.clone(), o.start_step, o.next_step),
+    };
     Ok(pb::StepResponse {
-        session_id: s.session_id,
-        request_id: s.request_id,
+        session_id,
+        request_id,
         result: Some(pb::step_response::Result::Ok(pb::StepResult {
-            outputs: Some(out_matrix(s.k, out_cols, o.outputs.clone())),
-            start_step: o.start_step,
-            next_step: o.next_step,
+            outputs: Some(out_matrix(k, out_cols, outputs)),
+            start_step,
+            next_step,
             state,
             replayed: reply.replayed,
         })),
     })
+}
+
+/// A stream's reply to a refused or failed message: the error, in its place.
+fn stream_error(r: Refused) -> pb::StepResponse {
+    metrics::counter!("gru_stream_message_errors_total", "code" => observe::code_name(r.status.code())).increment(1);
+    pb::StepResponse {
+        session_id: r.session_id,
+        request_id: r.request_id,
+        result: Some(pb::step_response::Result::Error(pb::StepError {
+            code: r.status.code() as i32,
+            message: r.status.message().to_string(),
+        })),
+    }
 }
 
 fn session_key(req_key: String, metadata: &tonic::metadata::MetadataMap) -> Option<String> {
@@ -443,8 +521,10 @@ impl GruService for GruServiceImpl {
         engine
             .ensure_session(&req.session_id, owner.as_deref())
             .await?;
-        let submitted = step_submit(engine, owner.as_deref(), req)?;
-        Ok(Response::new(step_finish(submitted).await?))
+        let submitted = step_submit(engine, owner.as_deref(), None, req).map_err(|r| r.status)?;
+        Ok(Response::new(
+            step_finish(submitted).await.map_err(|r| r.status)?,
+        ))
     }
 
     type StepStreamStream = ReceiverStream<Result<pb::StepResponse, Status>>;
@@ -465,17 +545,22 @@ impl GruService for GruServiceImpl {
         let owner = auth::tenant(&req);
         let mut inbound = req.into_inner();
         let (out_tx, out_rx) = mpsc::channel(STREAM_MAX_IN_FLIGHT);
-        // In-order replies: the reader spawns each step and queues its handle;
-        // the writer awaits the handles in order. The bounded queue caps the
-        // in-flight messages of this stream.
+        // In-order replies: the reader queues each message on its worker
+        // and hands the pending reply to the writer, which awaits them in
+        // order. No task per message: the writer is the only one waiting, so
+        // a batch that answers many of this stream's messages wakes it once
+        // (a reply not yet awaited has no waker to call). The bounded queue
+        // caps the in-flight messages of this stream.
         enum Item {
-            Reply(tokio::task::JoinHandle<pb::StepResponse>),
+            Step(SubmittedStep),
+            Refused(Refused),
             End(Status),
         }
         let (order_tx, mut order_rx) = mpsc::channel::<Item>(STREAM_MAX_IN_FLIGHT);
         let reader_cancel = cancel.clone();
         let idle = self.stream_idle_timeout;
         tokio::spawn(async move {
+            let mut seen = StreamSessions::default();
             loop {
                 let msg = tokio::select! {
                     _ = reader_cancel.cancelled() => {
@@ -495,34 +580,27 @@ impl GruService for GruServiceImpl {
                 };
                 match msg {
                     Ok(Some(m)) => {
-                        let (id, rid) = (m.session_id.clone(), m.request_id);
                         // Queue here, in arrival order, so one session's
                         // messages are applied in order; only the waits for
-                        // the replies run concurrently.
-                        // A session another replica holds is taken over
-                        // first (a no-op without a shared store), before
-                        // later messages are queued: order is kept.
-                        let submitted = match engine.ensure_session(&id, owner.as_deref()).await {
-                            Ok(()) => step_submit(&engine, owner.as_deref(), m),
-                            Err(e) => Err(e.into()),
-                        };
-                        let h = tokio::spawn(async move {
-                            let r = match submitted {
-                                Ok(s) => step_finish(s).await,
-                                Err(e) => Err(e),
+                        // the replies overlap. A session another replica
+                        // holds is taken over first (a no-op without a
+                        // shared store), before later messages are queued.
+                        let item =
+                            match engine.ensure_session(&m.session_id, owner.as_deref()).await {
+                                Err(e) => Item::Refused(Refused {
+                                    status: e.into(),
+                                    session_id: m.session_id,
+                                    request_id: m.request_id,
+                                }),
+                                Ok(()) => {
+                                    match step_submit(&engine, owner.as_deref(), Some(&mut seen), m)
+                                    {
+                                        Ok(s) => Item::Step(s),
+                                        Err(r) => Item::Refused(r),
+                                    }
+                                }
                             };
-                            r.unwrap_or_else(|s| {
-                                metrics::counter!("gru_stream_message_errors_total", "code" => observe::code_name(s.code())).increment(1);
-                                pb::StepResponse {
-                                session_id: id,
-                                request_id: rid,
-                                result: Some(pb::step_response::Result::Error(pb::StepError {
-                                    code: s.code() as i32,
-                                    message: s.message().to_string(),
-                                })),
-                            }})
-                        });
-                        if order_tx.send(Item::Reply(h)).await.is_err() {
+                        if order_tx.send(item).await.is_err() {
                             break;
                         }
                     }
@@ -539,10 +617,8 @@ impl GruService for GruServiceImpl {
             let _permit = permit;
             while let Some(item) = order_rx.recv().await {
                 let out = match item {
-                    Item::Reply(h) => match h.await {
-                        Ok(r) => Ok(r),
-                        Err(e) => Err(Status::internal(format!("step task failed: {e}"))),
-                    },
+                    Item::Step(s) => Ok(step_finish(s).await.unwrap_or_else(stream_error)),
+                    Item::Refused(r) => Ok(stream_error(r)),
                     Item::End(s) => Err(s),
                 };
                 let end = out.is_err();
