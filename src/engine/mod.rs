@@ -151,6 +151,15 @@ impl Engine {
         self.sessions.close(id, owner)
     }
 
+    /// Loads version folders added to the repository since the last scan
+    /// (Triton's RepositoryModelLoad); returns the (name, version)s added.
+    pub async fn rescan_models(&self) -> Result<Vec<(String, u64)>, EngineError> {
+        let registry = self.registry.clone();
+        tokio::task::spawn_blocking(move || registry.scan())
+            .await
+            .map_err(|e| EngineError::Internal(format!("rescan task: {e}")))?
+    }
+
     /// The training jobs: submit, watch, list, cancel.
     pub fn training(&self) -> &Training {
         &self.training
