@@ -665,7 +665,7 @@ async fn refusals_carry_tritons_codes_and_leave_other_sequences_alone() {
         .await
         .unwrap()
         .into_inner();
-    let st = stats.model_stats[0].inference_stats.clone().unwrap();
+    let st = stats.model_stats[0].inference_stats.unwrap();
     assert_eq!(st.success.unwrap().count, 5, "{st:?}");
     assert!(st.fail.unwrap().count >= 8, "{st:?}");
     s.stop().await;

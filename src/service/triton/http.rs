@@ -258,7 +258,7 @@ fn method_not_allowed(method: &http::Method, path: &str) -> TritonError {
 
 fn stats_reply(core: &Triton, name: &str, version: &str) -> Result<Reply, TritonError> {
     let d = |d: &Option<super::pb::StatisticDuration>| {
-        let d = d.clone().unwrap_or_default();
+        let d = d.unwrap_or_default();
         json!({"count": d.count, "ns": d.ns})
     };
     let stats: Vec<Value> = core

@@ -146,12 +146,12 @@ fn collect_inputs(model: &str, tensors: Vec<InTensor>) -> Result<Inputs, TritonE
             )));
         }
         let n = elements(&t.shape).ok_or_else(|| super::tensor::bad_shape(&t.name, &t.shape))?;
-        if t.data.len() != Some(n) {
+        if t.data.count() != Some(n) {
             return Err(TritonError::invalid(format!(
                 "input '{}': shape {:?} holds {n} values, got {}",
                 t.name,
                 t.shape,
-                t.data.len().unwrap_or(0)
+                t.data.count().unwrap_or(0)
             )));
         }
         match (t.name.as_str(), t.data) {

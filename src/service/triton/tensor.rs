@@ -26,7 +26,7 @@ pub enum Data {
 }
 
 impl Data {
-    pub fn len(&self) -> Option<usize> {
+    pub fn count(&self) -> Option<usize> {
         match self {
             Data::F32(v) => Some(v.len()),
             Data::Int(v) => Some(v.len()),
