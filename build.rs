@@ -9,6 +9,8 @@ fn main() {
     compile_store();
     #[cfg(feature = "grpc")]
     compile_gru();
+    #[cfg(feature = "grpc")]
+    compile_inference();
 }
 
 /// The stored session format (plain prost: the engine has no gRPC types).
@@ -53,6 +55,30 @@ fn compile_gru() {
         .extern_path(".gru.store.v1", "crate::engine::store::pb")
         .compile_fds(fds)
         .expect("generate gru.v1 gRPC code");
+}
+
+/// Triton's public protos (`package inference`), vendored unchanged: the
+/// KServe v2 / Triton adapter in src/service/triton speaks them.
+#[cfg(feature = "grpc")]
+fn compile_inference() {
+    use prost::Message;
+    let protos = [
+        "proto/inference/grpc_service.proto",
+        "proto/inference/model_config.proto",
+    ];
+    for p in protos {
+        println!("cargo:rerun-if-changed={p}");
+    }
+    let fds = protox::compile(["proto/inference/grpc_service.proto"], ["proto/inference"])
+        .expect("compile proto/inference/grpc_service.proto");
+    let out = std::path::PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR"));
+    std::fs::write(out.join("inference_descriptor.bin"), fds.encode_to_vec())
+        .expect("write inference_descriptor.bin");
+    tonic_prost_build::configure()
+        // Tests and tools call the server with the same generated client.
+        .build_client(true)
+        .compile_fds(fds)
+        .expect("generate inference gRPC code");
 }
 
 /// `GRU_GIT_SHA` for `gru_build_info`: the commit being built, or "unknown"

@@ -45,6 +45,16 @@ pub struct Args {
     #[arg(long, env = "GRU_METRICS_LISTEN", default_value = "0.0.0.0:9090", value_parser = parse_listen, help_heading = "Network")]
     pub metrics_listen: String,
 
+    /// Address of the KServe v2 / Triton HTTP/JSON port (/v2/...; Triton's
+    /// 8000); "off" disables it. A taken port is logged, not fatal.
+    #[arg(long, env = "GRU_HTTP_LISTEN", default_value = "0.0.0.0:8000", value_parser = parse_listen, help_heading = "Network")]
+    pub http_listen: String,
+
+    /// A second gRPC address serving the same services, e.g. 0.0.0.0:8001
+    /// so Triton examples work unchanged; "off" = only --listen.
+    #[arg(long, env = "GRU_TRITON_GRPC_LISTEN", default_value = "off", value_parser = parse_listen, help_heading = "Network")]
+    pub triton_grpc_listen: String,
+
     /// Largest gRPC message, either direction (tonic's default is 4MiB).
     #[arg(long, env = "GRU_MAX_MESSAGE_BYTES", default_value = "64MiB", value_name = "SIZE", value_parser = units::parse_bytes_usize, help_heading = "Network")]
     pub max_message_bytes: usize,
@@ -489,6 +499,11 @@ fn parse_listen(s: &str) -> Result<String, String> {
     }
 }
 
+/// None for "off", else the address (checked by [`parse_listen`]).
+fn listen_addr(s: &str) -> Option<SocketAddr> {
+    s.parse().ok()
+}
+
 impl Args {
     fn metrics_addr(&self) -> Option<SocketAddr> {
         match self.metrics_listen.as_str() {
@@ -566,6 +581,8 @@ impl Args {
             http2_keepalive_interval: (!self.http2_keepalive.is_zero())
                 .then_some(self.http2_keepalive),
             http2_keepalive_timeout: self.http2_keepalive_timeout,
+            http_listen: listen_addr(&self.http_listen),
+            triton_grpc_listen: listen_addr(&self.triton_grpc_listen),
         })
     }
 }

@@ -234,12 +234,27 @@ impl Engine {
         self.sessions.get_owned(id, owner)
     }
 
+    /// Closes a session this process holds, without waiting: a shared
+    /// store deletes it at the next checkpoint.
+    pub fn close_session_here(&self, id: &str, owner: Option<&str>) -> Result<u64, EngineError> {
+        self.sessions.close(id, owner)
+    }
+
     /// Closes a caller's session; returns its step index.
     pub async fn close_session(&self, id: &str, owner: Option<&str>) -> Result<u64, EngineError> {
         self.ensure_session(id, owner).await?;
         let step_index = self.sessions.close(id, owner)?;
         store::closed(&self.durable, &self.sessions, id).await;
         Ok(step_index)
+    }
+
+    /// Loads version folders added to the repository since the last scan
+    /// (Triton's RepositoryModelLoad); returns the (name, version)s added.
+    pub async fn rescan_models(&self) -> Result<Vec<(String, u64)>, EngineError> {
+        let registry = self.registry.clone();
+        tokio::task::spawn_blocking(move || registry.scan())
+            .await
+            .map_err(|e| EngineError::Internal(format!("rescan task: {e}")))?
     }
 
     /// The training jobs: submit, watch, list, cancel.
@@ -392,7 +407,7 @@ impl Engine {
             }
         }
         let tenant = owner.clone();
-        let (s, created) = self.open_here(model, version, key, owner, initial, resume)?;
+        let (s, created) = self.open_session_here(model, version, key, owner, initial, resume)?;
         if created && self.durable.is_shared() {
             if let Some(other) = store::created(&self.durable, &self.sessions, &s).await {
                 // Another replica opened this key meanwhile: its session
@@ -412,7 +427,10 @@ impl Engine {
         Ok((s, created))
     }
 
-    fn open_here(
+    /// [`Self::open_session`] without the shared store's lookups, for a
+    /// caller that must not wait (a protocol adapter's ordered submit): the
+    /// next checkpoint stores the session.
+    pub fn open_session_here(
         &self,
         model: &str,
         version: Option<u64>,

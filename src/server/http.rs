@@ -52,7 +52,7 @@ impl Readiness {
     }
 
     /// Why the server is not ready, or None when it is.
-    fn not_ready(&self) -> Option<String> {
+    pub(crate) fn not_ready(&self) -> Option<String> {
         if self.draining.load(Ordering::SeqCst) {
             return Some("draining: the server is shutting down".into());
         }

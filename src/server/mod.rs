@@ -21,6 +21,8 @@ use crate::engine::{Engine, EngineConfig};
 use crate::service::pb::gru_service_server::GruServiceServer;
 use crate::service::pb::training_service_server::TrainingServiceServer;
 use crate::service::training::TrainingServiceImpl;
+use crate::service::triton::pb::grpc_inference_service_server::GrpcInferenceServiceServer;
+use crate::service::triton::{self, grpc::TritonGrpc, Triton, TritonSettings};
 use crate::service::{pb, GruServiceImpl};
 
 pub use health::{check_health, endpoint_uri, error_chain, probe_health, Health, ProbeTls};
@@ -57,6 +59,10 @@ pub struct ServerConfig {
     pub tls: Option<TlsFiles>,
     /// Bearer tokens; the default (none) turns authentication off.
     pub auth: crate::service::auth::Auth,
+    /// The KServe v2 / Triton HTTP/JSON port; None = not served.
+    pub http_listen: Option<std::net::SocketAddr>,
+    /// A second gRPC port with the same services (Triton's 8001); None = none.
+    pub triton_grpc_listen: Option<std::net::SocketAddr>,
 }
 
 /// PEM files for TLS.
@@ -105,6 +111,8 @@ impl Default for ServerConfig {
             shutdown_delay: Duration::ZERO,
             tls: None,
             auth: crate::service::auth::Auth::default(),
+            http_listen: None,
+            triton_grpc_listen: None,
         }
     }
 }
@@ -121,6 +129,8 @@ pub enum ServerError {
     Metrics(String),
     #[error("TLS: {0}")]
     Tls(String),
+    #[error("{0}")]
+    Bind(String),
 }
 
 /// Serves until `shutdown` resolves, then stops accepting, ends open streams,
@@ -165,7 +175,12 @@ pub async fn run_with_engine(
     // Authentication wraps the model services; health and reflection stay open.
     let gru = gru_service(&config, &engine, &cancel);
     let training = training_service(&config, &engine, &cancel);
-    let incoming = incoming(listener);
+    let triton_core = triton_core(&config, &engine, &ready);
+    let triton = triton_service(&config, &triton_core, &cancel);
+    if let Some(addr) = config.http_listen {
+        serve_v2_http(addr, &config, triton_core, http_stop.clone()).await;
+    }
+    let incoming = incoming_all(listener, config.triton_grpc_listen).await?;
     let builder = transport(&config)?;
     tracing::info!(
         tls = config.tls.is_some(),
@@ -181,6 +196,7 @@ pub async fn run_with_engine(
         .add_service(reflection_v1alpha)
         .add_service(gru)
         .add_service(training)
+        .add_service(triton)
         .serve_with_incoming_shutdown(
             incoming,
             stop_accepting(
@@ -283,11 +299,13 @@ fn reflection() -> Result<
 > {
     let v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(triton::pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
     // grpcurl 1.8 and Python's reflection client speak only v1alpha.
     let v1alpha = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(triton::pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
     Ok((v1, v1alpha))
@@ -325,6 +343,89 @@ fn training_service(
             .max_encoding_message_size(config.max_message_bytes),
         config.auth.interceptor(true),
     )
+}
+
+/// The Triton protocol's core, shared by its gRPC service and HTTP port.
+fn triton_core(
+    config: &ServerConfig,
+    engine: &Arc<OnceLock<Engine>>,
+    ready: &Arc<http::Readiness>,
+) -> Arc<Triton> {
+    let ready = ready.clone();
+    Arc::new(Triton::new(
+        engine.clone(),
+        TritonSettings {
+            max_batch_size: config.engine.max_predict_sequences,
+            max_sequences: config.engine.max_sessions,
+        },
+        Arc::new(move || ready.not_ready()),
+    ))
+}
+
+/// `inference.GRPCInferenceService`, behind authentication like gru.v1.
+fn triton_service(
+    config: &ServerConfig,
+    core: &Arc<Triton>,
+    cancel: &CancellationToken,
+) -> InterceptedService<GrpcInferenceServiceServer<TritonGrpc>, impl Interceptor + Clone> {
+    let service = TritonGrpc::new(
+        core.clone(),
+        cancel.clone(),
+        config.max_streams,
+        config.stream_idle_timeout,
+    );
+    InterceptedService::new(
+        GrpcInferenceServiceServer::new(service)
+            .max_decoding_message_size(config.max_message_bytes)
+            .max_encoding_message_size(config.max_message_bytes),
+        config.auth.interceptor(false),
+    )
+}
+
+/// Binds the v2 HTTP/JSON port and serves it until `stop`. A port that
+/// cannot be bound is logged, not fatal: the default (8000, like Triton's)
+/// may be taken on a shared host, and gRPC still serves.
+async fn serve_v2_http(
+    addr: std::net::SocketAddr,
+    config: &ServerConfig,
+    core: Arc<Triton>,
+    stop: CancellationToken,
+) {
+    let listener = match TcpListener::bind(addr).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(%addr, error = %e, "cannot bind the KServe v2 HTTP port (--http-listen); serving without it");
+            return;
+        }
+    };
+    let addr = listener.local_addr().unwrap_or(addr);
+    tracing::info!(%addr, "serving the KServe v2 / Triton HTTP protocol");
+    let ctx = triton::http::HttpContext {
+        core,
+        auth: config.auth.clone(),
+        max_body_bytes: config.max_message_bytes,
+    };
+    tokio::spawn(triton::http::serve(listener, ctx, stop));
+}
+
+/// The connections of `listener` and, when set, of a second gRPC address.
+async fn incoming_all(
+    listener: TcpListener,
+    second: Option<std::net::SocketAddr>,
+) -> Result<impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>>, ServerError> {
+    use tokio_stream::StreamExt;
+    let extra: std::pin::Pin<
+        Box<dyn tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> + Send>,
+    > = match second {
+        Some(addr) => {
+            let l = TcpListener::bind(addr)
+                .await
+                .map_err(|e| ServerError::Bind(format!("--triton-grpc-listen {addr}: {e}")))?;
+            Box::pin(incoming(l))
+        }
+        None => Box::pin(tokio_stream::pending()),
+    };
+    Ok(incoming(listener).merge(extra))
 }
 
 /// The accepted connections of `listener`.

@@ -25,7 +25,7 @@ use crate::service::observe::{code_name, Note, NOTE};
 
 /// This server's methods and their gRPC types. Only these become label
 /// values: any other path is `other`, so a client cannot grow the label set.
-const METHODS: [(&str, &str); 18] = [
+const METHODS: [(&str, &str); 30] = [
     ("gru.v1.GruService/ListModels", "unary"),
     ("gru.v1.GruService/GetModel", "unary"),
     ("gru.v1.GruService/Predict", "unary"),
@@ -40,6 +40,27 @@ const METHODS: [(&str, &str); 18] = [
     ("gru.v1.TrainingService/GetTrainingJob", "unary"),
     ("gru.v1.TrainingService/ListTrainingJobs", "unary"),
     ("gru.v1.TrainingService/CancelTraining", "unary"),
+    ("inference.GRPCInferenceService/ServerLive", "unary"),
+    ("inference.GRPCInferenceService/ServerReady", "unary"),
+    ("inference.GRPCInferenceService/ModelReady", "unary"),
+    ("inference.GRPCInferenceService/ServerMetadata", "unary"),
+    ("inference.GRPCInferenceService/ModelMetadata", "unary"),
+    ("inference.GRPCInferenceService/ModelInfer", "unary"),
+    (
+        "inference.GRPCInferenceService/ModelStreamInfer",
+        "bidi_stream",
+    ),
+    ("inference.GRPCInferenceService/ModelConfig", "unary"),
+    ("inference.GRPCInferenceService/ModelStatistics", "unary"),
+    ("inference.GRPCInferenceService/RepositoryIndex", "unary"),
+    (
+        "inference.GRPCInferenceService/RepositoryModelLoad",
+        "unary",
+    ),
+    (
+        "inference.GRPCInferenceService/RepositoryModelUnload",
+        "unary",
+    ),
     ("grpc.health.v1.Health/Check", "unary"),
     ("grpc.health.v1.Health/Watch", "server_stream"),
     (

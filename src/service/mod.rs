@@ -30,6 +30,7 @@ pub mod auth;
 mod matrix;
 pub mod observe;
 pub mod training;
+pub mod triton;
 
 use pb::gru_service_server::GruService;
 

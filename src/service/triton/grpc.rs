@@ -1,0 +1,485 @@
+//! `inference.GRPCInferenceService`: protobuf ↔ the core. Unary calls and
+//! the stream share the core's two phases; the stream answers in request
+//! order, puts each request's error in `error_message` and stays open.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, Semaphore};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::error::TritonError;
+use super::pb::{self, grpc_inference_service_server::GrpcInferenceService};
+use super::tensor::{decode_raw, Data, InTensor, Param};
+use super::{InferRequest, InferResponse, Triton};
+use crate::service::auth::{self, Caller};
+use crate::service::observe;
+
+/// Requests of one stream in flight at once (replies still in order); the
+/// same bound as gru.v1's StepStream.
+pub const STREAM_MAX_IN_FLIGHT: usize = crate::service::STREAM_MAX_IN_FLIGHT;
+
+pub struct TritonGrpc {
+    core: Arc<Triton>,
+    shutdown: CancellationToken,
+    streams: Arc<Semaphore>,
+    stream_idle_timeout: Duration,
+}
+
+impl TritonGrpc {
+    /// `max_streams` and `stream_idle_timeout` as for gru.v1's StepStream.
+    pub fn new(
+        core: Arc<Triton>,
+        shutdown: CancellationToken,
+        max_streams: usize,
+        stream_idle_timeout: Duration,
+    ) -> Self {
+        TritonGrpc {
+            core,
+            shutdown,
+            streams: Arc::new(Semaphore::new(max_streams)),
+            stream_idle_timeout,
+        }
+    }
+}
+
+fn param(p: pb::InferParameter) -> Option<Param> {
+    use pb::infer_parameter::ParameterChoice as C;
+    Some(match p.parameter_choice? {
+        C::BoolParam(b) => Param::Bool(b),
+        C::Int64Param(n) => Param::Int(n),
+        C::StringParam(s) => Param::Str(s),
+        C::DoubleParam(d) => Param::Double(d),
+        C::Uint64Param(n) => Param::UInt(n),
+    })
+}
+
+/// Typed `contents` of an input, by its datatype.
+fn typed(t: &pb::model_infer_request::InferInputTensor) -> Data {
+    let c = t.contents.clone().unwrap_or_default();
+    match t.datatype.as_str() {
+        "FP32" => Data::F32(c.fp32_contents),
+        "INT32" => Data::Int(c.int_contents.into_iter().map(i64::from).collect()),
+        "INT64" => Data::Int(c.int64_contents),
+        _ => Data::Unsupported,
+    }
+}
+
+/// A `ModelInferRequest` as the core reads it.
+pub fn decode(r: pb::ModelInferRequest) -> Result<InferRequest, TritonError> {
+    let raw = !r.raw_input_contents.is_empty();
+    if raw && r.raw_input_contents.len() != r.inputs.len() {
+        return Err(TritonError::invalid(format!(
+            "raw_input_contents has {} entries for {} inputs of model '{}'",
+            r.raw_input_contents.len(),
+            r.inputs.len(),
+            r.model_name
+        )));
+    }
+    let mut inputs = Vec::with_capacity(r.inputs.len());
+    for (n, t) in r.inputs.iter().enumerate() {
+        let data = if raw {
+            if t.contents.is_some() {
+                return Err(TritonError::invalid(format!(
+                    "contents field must not be specified when using raw_input_contents for '{}' for model '{}'",
+                    t.name, r.model_name
+                )));
+            }
+            decode_raw(&t.name, &t.datatype, &t.shape, &r.raw_input_contents[n])?
+        } else {
+            typed(t)
+        };
+        inputs.push(InTensor {
+            name: t.name.clone(),
+            datatype: t.datatype.clone(),
+            shape: t.shape.clone(),
+            data,
+        });
+    }
+    Ok(InferRequest {
+        model: r.model_name,
+        version: r.model_version,
+        id: r.id,
+        params: r
+            .parameters
+            .into_iter()
+            .filter_map(|(k, v)| param(v).map(|p| (k, p)))
+            .collect(),
+        inputs,
+        outputs: r.outputs.into_iter().map(|o| o.name).collect(),
+    })
+}
+
+/// The response: outputs always as raw little-endian bytes (tritonclient
+/// reads numeric outputs only from `raw_output_contents`).
+pub fn encode(r: InferResponse) -> pb::ModelInferResponse {
+    let raw = r.outputs.iter().map(|t| t.raw()).collect();
+    pb::ModelInferResponse {
+        model_name: r.model,
+        model_version: r.version.to_string(),
+        id: r.id,
+        parameters: HashMap::new(),
+        outputs: r
+            .outputs
+            .into_iter()
+            .map(|t| pb::model_infer_response::InferOutputTensor {
+                name: t.name.to_string(),
+                datatype: "FP32".into(),
+                shape: t.shape,
+                ..Default::default()
+            })
+            .collect(),
+        raw_output_contents: raw,
+    }
+}
+
+fn stream_reply(
+    r: Result<InferResponse, (TritonError, pb::ModelInferResponse)>,
+) -> pb::ModelStreamInferResponse {
+    let final_response = || {
+        HashMap::from([(
+            "triton_final_response".to_string(),
+            pb::InferParameter {
+                parameter_choice: Some(pb::infer_parameter::ParameterChoice::BoolParam(true)),
+            },
+        )])
+    };
+    match r {
+        Ok(ok) => {
+            let mut resp = encode(ok);
+            resp.parameters = final_response();
+            pb::ModelStreamInferResponse {
+                error_message: String::new(),
+                infer_response: Some(resp),
+            }
+        }
+        Err((e, mut head)) => {
+            metrics::counter!("gru_stream_message_errors_total", "code" => observe::code_name(e.code())).increment(1);
+            head.parameters = final_response();
+            pb::ModelStreamInferResponse {
+                error_message: e.message,
+                infer_response: Some(head),
+            }
+        }
+    }
+}
+
+fn unimplemented(rpc: &str) -> Status {
+    Status::unimplemented(format!(
+        "{rpc} is not implemented by gru-serve (see the README's Triton / KServe section)"
+    ))
+}
+
+/// Model control needs an admin token when authentication is on.
+fn require_admin<T>(req: &Request<T>, rpc: &str) -> Result<(), Status> {
+    match req.extensions().get::<Caller>() {
+        Some(c) if !c.admin => Err(Status::permission_denied(format!(
+            "tenant '{}' may not call {rpc}: this needs an admin token",
+            c.tenant
+        ))),
+        _ => Ok(()),
+    }
+}
+
+type Rpc<T> = Result<Response<T>, Status>;
+
+#[tonic::async_trait]
+impl GrpcInferenceService for TritonGrpc {
+    async fn server_live(&self, _: Request<pb::ServerLiveRequest>) -> Rpc<pb::ServerLiveResponse> {
+        Ok(Response::new(pb::ServerLiveResponse { live: true }))
+    }
+
+    async fn server_ready(
+        &self,
+        _: Request<pb::ServerReadyRequest>,
+    ) -> Rpc<pb::ServerReadyResponse> {
+        Ok(Response::new(pb::ServerReadyResponse {
+            ready: self.core.not_ready().is_none(),
+        }))
+    }
+
+    async fn model_ready(
+        &self,
+        req: Request<pb::ModelReadyRequest>,
+    ) -> Rpc<pb::ModelReadyResponse> {
+        let r = req.into_inner();
+        let ready = self.core.model_ready(&r.name, &r.version)?;
+        Ok(Response::new(pb::ModelReadyResponse { ready }))
+    }
+
+    async fn server_metadata(
+        &self,
+        _: Request<pb::ServerMetadataRequest>,
+    ) -> Rpc<pb::ServerMetadataResponse> {
+        Ok(Response::new(pb::ServerMetadataResponse {
+            name: super::SERVER_NAME.into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            extensions: super::EXTENSIONS.iter().map(|s| s.to_string()).collect(),
+        }))
+    }
+
+    async fn model_metadata(
+        &self,
+        req: Request<pb::ModelMetadataRequest>,
+    ) -> Rpc<pb::ModelMetadataResponse> {
+        let r = req.into_inner();
+        let m = self.core.metadata(&r.name, &r.version)?;
+        let t = |v: Vec<super::model::TensorMeta>| {
+            v.into_iter()
+                .map(|t| pb::model_metadata_response::TensorMetadata {
+                    name: t.name.into(),
+                    datatype: t.datatype.into(),
+                    shape: t.shape,
+                })
+                .collect()
+        };
+        Ok(Response::new(pb::ModelMetadataResponse {
+            name: m.name,
+            versions: m.versions,
+            platform: m.platform.into(),
+            inputs: t(m.inputs),
+            outputs: t(m.outputs),
+        }))
+    }
+
+    async fn model_infer(
+        &self,
+        req: Request<pb::ModelInferRequest>,
+    ) -> Rpc<pb::ModelInferResponse> {
+        let owner = auth::tenant(&req);
+        let r = decode(req.into_inner())?;
+        let submitted = self.core.submit(owner.as_deref(), r)?;
+        let done = self.core.finish(submitted).await?;
+        Ok(Response::new(encode(done)))
+    }
+
+    type ModelStreamInferStream = ReceiverStream<Result<pb::ModelStreamInferResponse, Status>>;
+
+    async fn model_stream_infer(
+        &self,
+        req: Request<Streaming<pb::ModelInferRequest>>,
+    ) -> Rpc<Self::ModelStreamInferStream> {
+        // Held by the stream's writer task for the stream's life.
+        let permit = self
+            .streams
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| Status::resource_exhausted("too many open streams; retry later"))?;
+        let owner = auth::tenant(&req);
+        let inbound = req.into_inner();
+        let (out_tx, out_rx) = mpsc::channel(STREAM_MAX_IN_FLIGHT);
+        tokio::spawn(pump(
+            self.core.clone(),
+            owner,
+            inbound,
+            out_tx,
+            permit,
+            self.shutdown.clone(),
+            self.stream_idle_timeout,
+        ));
+        Ok(Response::new(ReceiverStream::new(out_rx)))
+    }
+
+    async fn model_config(
+        &self,
+        req: Request<pb::ModelConfigRequest>,
+    ) -> Rpc<pb::ModelConfigResponse> {
+        let r = req.into_inner();
+        let config = self.core.config(&r.name, &r.version)?;
+        Ok(Response::new(pb::ModelConfigResponse {
+            config: Some(config),
+        }))
+    }
+
+    async fn model_statistics(
+        &self,
+        req: Request<pb::ModelStatisticsRequest>,
+    ) -> Rpc<pb::ModelStatisticsResponse> {
+        let r = req.into_inner();
+        let model_stats = self.core.statistics(&r.name, &r.version)?;
+        Ok(Response::new(pb::ModelStatisticsResponse { model_stats }))
+    }
+
+    async fn repository_index(
+        &self,
+        req: Request<pb::RepositoryIndexRequest>,
+    ) -> Rpc<pb::RepositoryIndexResponse> {
+        let _ = req;
+        let models = self
+            .core
+            .index()?
+            .into_iter()
+            .map(|e| pb::repository_index_response::ModelIndex {
+                name: e.name,
+                version: e.version,
+                state: e.state.into(),
+                reason: String::new(),
+            })
+            .collect();
+        Ok(Response::new(pb::RepositoryIndexResponse { models }))
+    }
+
+    async fn repository_model_load(
+        &self,
+        req: Request<pb::RepositoryModelLoadRequest>,
+    ) -> Rpc<pb::RepositoryModelLoadResponse> {
+        require_admin(&req, "RepositoryModelLoad")?;
+        self.core.load(&req.into_inner().model_name).await?;
+        Ok(Response::new(pb::RepositoryModelLoadResponse {}))
+    }
+
+    async fn repository_model_unload(
+        &self,
+        req: Request<pb::RepositoryModelUnloadRequest>,
+    ) -> Rpc<pb::RepositoryModelUnloadResponse> {
+        require_admin(&req, "RepositoryModelUnload")?;
+        self.core.unload(&req.into_inner().model_name)?;
+        Ok(Response::new(pb::RepositoryModelUnloadResponse {}))
+    }
+
+    async fn system_shared_memory_status(
+        &self,
+        _: Request<pb::SystemSharedMemoryStatusRequest>,
+    ) -> Rpc<pb::SystemSharedMemoryStatusResponse> {
+        Err(unimplemented("SystemSharedMemoryStatus"))
+    }
+
+    async fn system_shared_memory_register(
+        &self,
+        _: Request<pb::SystemSharedMemoryRegisterRequest>,
+    ) -> Rpc<pb::SystemSharedMemoryRegisterResponse> {
+        Err(unimplemented("SystemSharedMemoryRegister"))
+    }
+
+    async fn system_shared_memory_unregister(
+        &self,
+        _: Request<pb::SystemSharedMemoryUnregisterRequest>,
+    ) -> Rpc<pb::SystemSharedMemoryUnregisterResponse> {
+        Err(unimplemented("SystemSharedMemoryUnregister"))
+    }
+
+    async fn cuda_shared_memory_status(
+        &self,
+        _: Request<pb::CudaSharedMemoryStatusRequest>,
+    ) -> Rpc<pb::CudaSharedMemoryStatusResponse> {
+        Err(unimplemented("CudaSharedMemoryStatus"))
+    }
+
+    async fn cuda_shared_memory_register(
+        &self,
+        _: Request<pb::CudaSharedMemoryRegisterRequest>,
+    ) -> Rpc<pb::CudaSharedMemoryRegisterResponse> {
+        Err(unimplemented("CudaSharedMemoryRegister"))
+    }
+
+    async fn cuda_shared_memory_unregister(
+        &self,
+        _: Request<pb::CudaSharedMemoryUnregisterRequest>,
+    ) -> Rpc<pb::CudaSharedMemoryUnregisterResponse> {
+        Err(unimplemented("CudaSharedMemoryUnregister"))
+    }
+
+    async fn trace_setting(
+        &self,
+        _: Request<pb::TraceSettingRequest>,
+    ) -> Rpc<pb::TraceSettingResponse> {
+        Err(unimplemented("TraceSetting"))
+    }
+
+    async fn log_settings(
+        &self,
+        _: Request<pb::LogSettingsRequest>,
+    ) -> Rpc<pb::LogSettingsResponse> {
+        Err(unimplemented("LogSettings"))
+    }
+}
+
+/// The echo of a request in its error reply (model, version asked, id).
+fn head(r: &pb::ModelInferRequest) -> pb::ModelInferResponse {
+    pb::ModelInferResponse {
+        model_name: r.model_name.clone(),
+        model_version: r.model_version.clone(),
+        id: r.id.clone(),
+        ..Default::default()
+    }
+}
+
+/// One stream: the reader submits each request in arrival order (so a
+/// sequence's requests are applied in that order) and queues its finishing
+/// task; the writer sends the replies in the same order. Ends when the
+/// client does, at shutdown, or after the idle timeout.
+async fn pump(
+    core: Arc<Triton>,
+    owner: Option<String>,
+    mut inbound: Streaming<pb::ModelInferRequest>,
+    out: mpsc::Sender<Result<pb::ModelStreamInferResponse, Status>>,
+    permit: tokio::sync::OwnedSemaphorePermit,
+    cancel: CancellationToken,
+    idle: Duration,
+) {
+    enum Item {
+        Reply(tokio::task::JoinHandle<pb::ModelStreamInferResponse>),
+        End(Status),
+    }
+    let (order_tx, mut order_rx) = mpsc::channel::<Item>(STREAM_MAX_IN_FLIGHT);
+    let writer = tokio::spawn(async move {
+        let _permit = permit;
+        while let Some(item) = order_rx.recv().await {
+            let reply = match item {
+                Item::Reply(h) => h
+                    .await
+                    .map_err(|e| Status::internal(format!("stream request task failed: {e}"))),
+                Item::End(s) => Err(s),
+            };
+            let end = reply.is_err();
+            if out.send(reply).await.is_err() || end {
+                break;
+            }
+        }
+    });
+    loop {
+        let msg = tokio::select! {
+            _ = cancel.cancelled() => {
+                let _ = order_tx.send(Item::End(Status::unavailable("the server is shutting down"))).await;
+                break;
+            }
+            m = tokio::time::timeout(idle, inbound.message()) => match m {
+                Ok(m) => m,
+                Err(_) => {
+                    let _ = order_tx.send(Item::End(Status::deadline_exceeded(format!(
+                        "no request for {} s (the stream idle timeout); sequences live on, reopen the stream",
+                        idle.as_secs()
+                    )))).await;
+                    break;
+                }
+            },
+        };
+        let r = match msg {
+            Ok(Some(r)) => r,
+            Ok(None) => break,
+            // An oversize or corrupt message must not look like a clean end.
+            Err(status) => {
+                let _ = order_tx.send(Item::End(status)).await;
+                break;
+            }
+        };
+        let echo = head(&r);
+        let submitted = decode(r).and_then(|r| core.submit(owner.as_deref(), r));
+        let core = core.clone();
+        let task = tokio::spawn(async move {
+            let done = match submitted {
+                Ok(s) => core.finish(s).await,
+                Err(e) => Err(e),
+            };
+            stream_reply(done.map_err(|e| (e, echo)))
+        });
+        if order_tx.send(Item::Reply(task)).await.is_err() {
+            break;
+        }
+    }
+    drop(order_tx);
+    let _ = writer.await;
+}

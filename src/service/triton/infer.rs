@@ -1,0 +1,655 @@
+//! ModelInfer, for both transports: parameters and tensors checked against
+//! the model, then either a stateless forward (no `sequence_id`) or one step
+//! message of a sequence's session.
+//!
+//! Two phases, like gru.v1's steps: [`Triton::submit`] is synchronous and
+//! queues the work on the model's worker, so a stream's requests for one
+//! sequence are applied in arrival order; [`Triton::finish`] awaits the
+//! reply, closes the session on END and builds the response.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tracing::Instrument;
+
+use super::error::TritonError;
+use super::model::{INPUT, OUTPUT, OUTPUTS, SEQUENCE_LENGTH, STATE_IN, STATE_OUT};
+use super::sequences::{Found, SeqId, SeqKey, MAX_STRING_ID_LEN};
+use super::stats::Timings;
+use super::tensor::{elements, Data, InTensor, OutTensor, Param};
+use super::Triton;
+use crate::engine::{EngineError, HiddenState, PendingStep, PredictSeq, ServedModel, StepInput};
+use crate::service::observe;
+
+/// A request as either transport decoded it.
+#[derive(Debug, Clone, Default)]
+pub struct InferRequest {
+    pub model: String,
+    /// "" = latest.
+    pub version: String,
+    /// Echoed in the response.
+    pub id: String,
+    pub params: HashMap<String, Param>,
+    pub inputs: Vec<InTensor>,
+    /// The outputs asked for, by name; empty = all.
+    pub outputs: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct InferResponse {
+    pub model: String,
+    pub version: u64,
+    pub id: String,
+    pub outputs: Vec<OutTensor>,
+}
+
+/// The sequence parameters of a request.
+struct SeqParams {
+    id: Option<SeqId>,
+    start: bool,
+    end: bool,
+    /// `sequence_step`: the step index the request starts at (exactly-once).
+    step: Option<u64>,
+}
+
+fn flag(params: &HashMap<String, Param>, name: &str) -> Result<bool, TritonError> {
+    match params.get(name) {
+        None => Ok(false),
+        Some(Param::Bool(b)) => Ok(*b),
+        Some(other) => Err(TritonError::invalid(format!(
+            "parameter '{name}' must be a bool, got {other:?}"
+        ))),
+    }
+}
+
+fn seq_params(params: &HashMap<String, Param>) -> Result<SeqParams, TritonError> {
+    // Triton accepts int64 and string ids; uint64 too here (ids ≥ 2^63).
+    let id = match params.get("sequence_id") {
+        None | Some(Param::Int(0)) | Some(Param::UInt(0)) => None,
+        Some(Param::Str(s)) if s.is_empty() => None,
+        Some(Param::Int(n)) if *n > 0 => Some(SeqId::Int(*n as u64)),
+        Some(Param::UInt(n)) => Some(SeqId::Int(*n)),
+        Some(Param::Str(s)) if s.chars().count() <= MAX_STRING_ID_LEN => {
+            Some(SeqId::Str(s.clone()))
+        }
+        Some(Param::Str(s)) => {
+            return Err(TritonError::invalid(format!(
+                "sequence_id '{}' is {} characters; string ids are at most {MAX_STRING_ID_LEN}",
+                crate::engine::ids::clip(s),
+                s.chars().count()
+            )))
+        }
+        Some(other) => {
+            return Err(TritonError::invalid(format!(
+                "sequence_id must be a positive integer or a string, got {other:?}"
+            )))
+        }
+    };
+    let step = match params.get("sequence_step") {
+        None => None,
+        Some(Param::Int(n)) if *n >= 0 => Some(*n as u64),
+        Some(Param::UInt(n)) => Some(*n),
+        Some(other) => {
+            return Err(TritonError::invalid(format!(
+                "sequence_step must be an integer ≥ 0, got {other:?}"
+            )))
+        }
+    };
+    let p = SeqParams {
+        id,
+        start: flag(params, "sequence_start")?,
+        end: flag(params, "sequence_end")?,
+        step,
+    };
+    if p.id.is_none() && (p.start || p.end || p.step.is_some()) {
+        return Err(TritonError::invalid(
+            "sequence_start, sequence_end and sequence_step need a non-zero sequence_id",
+        ));
+    }
+    Ok(p)
+}
+
+/// A request's inputs, checked against the protocol's names and types.
+struct Inputs {
+    input: (Vec<i64>, Vec<f32>),
+    lengths: Option<(Vec<i64>, Vec<i64>)>,
+    state: Option<(Vec<i64>, Vec<f32>)>,
+}
+
+fn collect_inputs(model: &str, tensors: Vec<InTensor>) -> Result<Inputs, TritonError> {
+    let (mut input, mut lengths, mut state) = (None, None, None);
+    for t in tensors {
+        let (slot_taken, want) = match t.name.as_str() {
+            INPUT => (input.is_some(), "FP32"),
+            STATE_IN => (state.is_some(), "FP32"),
+            SEQUENCE_LENGTH => (lengths.is_some(), "INT32"),
+            other => {
+                return Err(TritonError::invalid(format!(
+                    "unexpected inference input '{}' for model '{model}'",
+                    crate::engine::ids::clip(other)
+                )))
+            }
+        };
+        if slot_taken {
+            return Err(TritonError::invalid(format!(
+                "input '{}' is given twice",
+                t.name
+            )));
+        }
+        let type_ok = t.datatype == want || (want == "INT32" && t.datatype == "INT64");
+        if !type_ok {
+            return Err(TritonError::invalid(format!(
+                "inference input '{}' data-type is '{}', but model '{model}' expects '{want}'",
+                t.name,
+                crate::engine::ids::clip(&t.datatype)
+            )));
+        }
+        let n = elements(&t.shape).ok_or_else(|| super::tensor::bad_shape(&t.name, &t.shape))?;
+        if t.data.count() != Some(n) {
+            return Err(TritonError::invalid(format!(
+                "input '{}': shape {:?} holds {n} values, got {}",
+                t.name,
+                t.shape,
+                t.data.count().unwrap_or(0)
+            )));
+        }
+        match (t.name.as_str(), t.data) {
+            (INPUT, Data::F32(v)) => input = Some((t.shape, v)),
+            (STATE_IN, Data::F32(v)) => state = Some((t.shape, v)),
+            (_, Data::Int(v)) => lengths = Some((t.shape, v)),
+            _ => {
+                return Err(TritonError::invalid(format!(
+                    "input '{}': values do not match its datatype {}",
+                    t.name, t.datatype
+                )))
+            }
+        }
+    }
+    let input = input.ok_or_else(|| {
+        TritonError::invalid(format!("input '{INPUT}' is required for model '{model}'"))
+    })?;
+    Ok(Inputs {
+        input,
+        lengths,
+        state,
+    })
+}
+
+/// Which of [`OUTPUTS`] the request wants.
+fn wanted(model: &str, asked: &[String]) -> Result<[bool; 2], TritonError> {
+    if asked.is_empty() {
+        return Ok([true, true]);
+    }
+    let mut w = [false, false];
+    for name in asked {
+        match OUTPUTS.iter().position(|o| o == name) {
+            Some(i) => w[i] = true,
+            None => {
+                return Err(TritonError::invalid(format!(
+                    "unexpected inference output '{}' for model '{model}'",
+                    crate::engine::ids::clip(name)
+                )))
+            }
+        }
+    }
+    Ok(w)
+}
+
+fn shape_error(name: &str, model: &str, expected: &[i64], got: &[i64]) -> TritonError {
+    let fmt = |s: &[i64]| {
+        let v: Vec<String> = s.iter().map(i64::to_string).collect();
+        format!("[{}]", v.join(","))
+    };
+    TritonError::invalid(format!(
+        "unexpected shape for input '{name}' for model '{model}'. Expected {}, got {}",
+        fmt(expected),
+        fmt(got)
+    ))
+}
+
+/// Triton's text for a request of a sequence it does not hold; ours adds
+/// why when the sequence expired (Triton resets silently).
+fn start_required(id: &SeqId, model: &str, expired_after: Option<Duration>) -> TritonError {
+    let mut m = format!(
+        "inference request for sequence {id} to model '{model}' must specify the START flag on the first request of the sequence"
+    );
+    if let Some(ttl) = expired_after {
+        m.push_str(&format!(
+            ": the sequence expired after {} s without a request (max_sequence_idle_microseconds); its state is gone, start it again",
+            ttl.as_secs()
+        ));
+    }
+    TritonError::invalid(m)
+}
+
+/// The queued work of one request.
+enum Work {
+    Step {
+        pending: PendingStep,
+        k: usize,
+        key: SeqKey,
+        end: bool,
+        /// A live session this START replaced: closed once this reply is in.
+        replaced: Option<String>,
+    },
+    Predict {
+        seqs: Vec<PredictSeq>,
+        lens: Vec<usize>,
+        t: usize,
+    },
+}
+
+/// A request queued by [`Triton::submit`], for [`Triton::finish`].
+pub struct Submitted {
+    id: String,
+    model: Arc<ServedModel>,
+    owner: Option<String>,
+    wanted: [bool; 2],
+    started: Instant,
+    input_time: Duration,
+    work: Work,
+    span: tracing::Span,
+}
+
+impl Triton {
+    /// Phase 1: validates `req` and queues its work. Synchronous, so the
+    /// caller's order is the order a sequence's requests are applied in.
+    pub fn submit(&self, owner: Option<&str>, req: InferRequest) -> Result<Submitted, TritonError> {
+        let started = Instant::now();
+        let m = self.model(&req.model, &req.version)?;
+        let span = tracing::info_span!(
+            "triton_infer",
+            model = %m.name,
+            version = m.version,
+            sequence_id = tracing::field::Empty,
+            steps = tracing::field::Empty,
+        );
+        observe::note_model(&m.name, m.version);
+        let r = span.in_scope(|| self.submit_to(&m, owner, req, started, span.clone()));
+        if r.is_err() {
+            self.stats.fail(&m.name, m.version, started.elapsed());
+        }
+        r
+    }
+
+    fn submit_to(
+        &self,
+        m: &Arc<ServedModel>,
+        owner: Option<&str>,
+        req: InferRequest,
+        started: Instant,
+        span: tracing::Span,
+    ) -> Result<Submitted, TritonError> {
+        let mut p = seq_params(&req.params)?;
+        let wanted = wanted(&m.name, &req.outputs)?;
+        let inputs = collect_inputs(&m.name, req.inputs)?;
+        let work = match p.id.take() {
+            None => self.predict_work(m, inputs)?,
+            Some(id) => {
+                span.record("sequence_id", tracing::field::display(&id));
+                let key = SeqKey {
+                    owner: owner.map(str::to_string),
+                    model: m.name.clone(),
+                    id,
+                };
+                let explicit = super::model::parse_version(&req.version)?;
+                self.step_work(m, explicit, owner, key, &p, inputs)?
+            }
+        };
+        let model = match &work {
+            Work::Step { pending, .. } => pending.session.model.clone(),
+            Work::Predict { .. } => m.clone(),
+        };
+        Ok(Submitted {
+            id: req.id,
+            model,
+            owner: owner.map(str::to_string),
+            wanted,
+            started,
+            input_time: started.elapsed(),
+            work,
+            span,
+        })
+    }
+
+    fn predict_work(&self, m: &ServedModel, inputs: Inputs) -> Result<Work, TritonError> {
+        let c = m.model.config();
+        let (shape, values) = inputs.input;
+        let (i, l, h) = (c.input_size, c.num_layers, c.hidden_size);
+        let ok = shape.len() == 3 && shape[0] >= 1 && shape[1] >= 1 && shape[2] == i as i64;
+        if !ok {
+            return Err(shape_error(INPUT, &m.name, &[-1, -1, i as i64], &shape));
+        }
+        let (b, t) = (shape[0] as usize, shape[1] as usize);
+        if b > self.settings.max_batch_size {
+            return Err(TritonError::invalid(format!(
+                "inference request batch-size must be <= {} for '{}'",
+                self.settings.max_batch_size, m.name
+            )));
+        }
+        let lens: Vec<usize> = match inputs.lengths {
+            None => vec![t; b],
+            Some((ls, v)) => {
+                if !(ls == [b as i64] || ls == [b as i64, 1]) {
+                    return Err(shape_error(SEQUENCE_LENGTH, &m.name, &[b as i64, 1], &ls));
+                }
+                let mut out = Vec::with_capacity(b);
+                for (n, &len) in v.iter().enumerate() {
+                    if len < 1 || len > t as i64 {
+                        return Err(TritonError::invalid(format!(
+                            "{SEQUENCE_LENGTH}[{n}] = {len}: lengths are 1..={t} (the T of INPUT)"
+                        )));
+                    }
+                    out.push(len as usize);
+                }
+                out
+            }
+        };
+        let states = match inputs.state {
+            None => None,
+            Some((ss, v)) => {
+                if ss != [b as i64, l as i64, h as i64] {
+                    return Err(shape_error(
+                        STATE_IN,
+                        &m.name,
+                        &[b as i64, l as i64, h as i64],
+                        &ss,
+                    ));
+                }
+                Some(v)
+            }
+        };
+        let seqs = (0..b)
+            .map(|n| PredictSeq {
+                inputs: values[n * t * i..(n * t + lens[n]) * i].to_vec(),
+                len: lens[n],
+                initial: states.as_ref().map(|s| HiddenState {
+                    layers: l,
+                    hidden: h,
+                    values: s[n * l * h..(n + 1) * l * h].to_vec(),
+                }),
+            })
+            .collect();
+        Ok(Work::Predict { seqs, lens, t })
+    }
+
+    fn step_work(
+        &self,
+        m: &Arc<ServedModel>,
+        explicit: Option<u64>,
+        owner: Option<&str>,
+        key: SeqKey,
+        p: &SeqParams,
+        inputs: Inputs,
+    ) -> Result<Work, TritonError> {
+        let engine = self.engine()?;
+        let c = m.model.config();
+        let (i, l, h) = (c.input_size, c.num_layers, c.hidden_size);
+        let (shape, values) = inputs.input;
+        if shape.len() == 3 && shape[0] != 1 {
+            return Err(TritonError::invalid(format!(
+                "inference request to model '{}' must specify batch-size 1 due to requirements of sequence batcher",
+                m.name
+            )));
+        }
+        if !(shape.len() == 3 && shape[1] >= 1 && shape[2] == i as i64) {
+            return Err(shape_error(INPUT, &m.name, &[1, -1, i as i64], &shape));
+        }
+        if inputs.lengths.is_some() {
+            return Err(TritonError::invalid(format!(
+                "input '{SEQUENCE_LENGTH}' is for stateless requests; a sequence request carries its k rows in '{INPUT}' [1, k, {i}]"
+            )));
+        }
+        let initial = match inputs.state {
+            Some(_) if !p.start => {
+                return Err(TritonError::invalid(format!(
+                    "input '{STATE_IN}' seeds a sequence: send it with sequence_start"
+                )))
+            }
+            Some((ss, v)) => {
+                let want = [1, l as i64, h as i64];
+                if ss != want && ss != want[1..] {
+                    return Err(shape_error(STATE_IN, &m.name, &want, &ss));
+                }
+                Some(HiddenState {
+                    layers: l,
+                    hidden: h,
+                    values: v,
+                })
+            }
+            None => None,
+        };
+        let k = shape[1] as usize;
+        let input = StepInput {
+            inputs: values,
+            rows: k,
+            cols: i,
+            start_step: p.step,
+        };
+        tracing::Span::current().record("steps", k);
+        let owned = owner.map(str::to_string);
+        if p.start {
+            let (session, _) =
+                engine.open_session_here(&m.name, Some(m.version), None, owned, initial, None)?;
+            observe::record_session_opened(&m.name, m.version);
+            observe::note_session(&session.id);
+            let pending = match engine.submit_step(&session.id, owner, input) {
+                Ok(p) => p,
+                Err(e) => {
+                    // Not started after all: the sequence keeps its old session.
+                    let _ = engine.close_session_here(&session.id, owner);
+                    return Err(e.into());
+                }
+            };
+            let replaced = self.sequences.start(key.clone(), &session);
+            return Ok(Work::Step {
+                pending,
+                k,
+                key,
+                end: p.end,
+                replaced,
+            });
+        }
+        let session = match self.sequences.find(&key) {
+            Found::Live(s) => s,
+            Found::Expired => {
+                return Err(start_required(&key.id, &m.name, Some(engine.session_ttl())))
+            }
+            Found::Unknown => return Err(start_required(&key.id, &m.name, None)),
+        };
+        if explicit.is_some_and(|v| v != session.model.version) {
+            return Err(TritonError::invalid(format!(
+                "sequence {} runs on version {} of model '{}'; this request names version {}",
+                key.id,
+                session.model.version,
+                m.name,
+                explicit.unwrap_or(0)
+            )));
+        }
+        observe::note_session(&session.id);
+        let pending = match engine.submit_step(&session.id, owner, input) {
+            Ok(p) => p,
+            Err(EngineError::SessionExpired { .. }) => {
+                self.sequences.expired(&key, &session.id);
+                return Err(start_required(&key.id, &m.name, Some(engine.session_ttl())));
+            }
+            Err(EngineError::SessionNotFound(_)) => {
+                self.sequences.end(&key, &session.id);
+                return Err(start_required(&key.id, &m.name, None));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        Ok(Work::Step {
+            pending,
+            k,
+            key,
+            end: p.end,
+            replaced: None,
+        })
+    }
+
+    /// Phase 2: awaits the work and builds the response.
+    pub async fn finish(&self, s: Submitted) -> Result<InferResponse, TritonError> {
+        let (model, started) = (s.model.clone(), s.started);
+        let span = s.span.clone();
+        let r = self.finish_inner(s).instrument(span).await;
+        if r.is_err() {
+            self.stats
+                .fail(&model.name, model.version, started.elapsed());
+        }
+        r
+    }
+
+    async fn finish_inner(&self, s: Submitted) -> Result<InferResponse, TritonError> {
+        let engine = self.engine()?;
+        let m = s.model.clone();
+        let c = m.model.config();
+        let (o, l, h) = (c.output_dim(), c.num_layers, c.hidden_size);
+        let infer_started = Instant::now();
+        let (outputs, state, batch) = match s.work {
+            Work::Step {
+                pending,
+                k,
+                key,
+                end,
+                replaced,
+            } => {
+                let session_id = pending.session.id.clone();
+                let reply = pending.wait().await?;
+                let metrics = &m.worker.stats.metrics;
+                metrics
+                    .step_latency
+                    .record(s.started.elapsed().as_secs_f64());
+                metrics.steps.increment(k as u64);
+                let owner = s.owner.as_deref();
+                if let Some(old) = replaced {
+                    let _ = engine.close_session_here(&old, owner);
+                }
+                if end {
+                    self.sequences.end(&key, &session_id);
+                    let _ = engine.close_session_here(&session_id, owner);
+                }
+                let out = &reply.outcome;
+                (
+                    OutTensor {
+                        name: OUTPUT,
+                        shape: vec![1, k as i64, o as i64],
+                        data: out.outputs.clone(),
+                    },
+                    OutTensor {
+                        name: STATE_OUT,
+                        shape: vec![1, l as i64, h as i64],
+                        data: out.state.clone(),
+                    },
+                    1,
+                )
+            }
+            Work::Predict { seqs, lens, t } => {
+                let b = seqs.len();
+                let out = engine.predict(&m.name, Some(m.version), seqs).await?;
+                observe::record_predict(&m.name, m.version, b, s.started.elapsed());
+                // Padded to T: rows past a sequence's length are zeros.
+                let mut y = vec![0f32; b * t * o];
+                for (n, (ys, len)) in out.outputs.iter().zip(&lens).enumerate() {
+                    y[n * t * o..(n * t + len) * o].copy_from_slice(ys);
+                }
+                (
+                    OutTensor {
+                        name: OUTPUT,
+                        shape: vec![b as i64, t as i64, o as i64],
+                        data: y,
+                    },
+                    OutTensor {
+                        name: STATE_OUT,
+                        shape: vec![b as i64, l as i64, h as i64],
+                        data: out.states.concat(),
+                    },
+                    b as u64,
+                )
+            }
+        };
+        let infer_time = infer_started.elapsed();
+        let output_started = Instant::now();
+        let outputs = [outputs, state]
+            .into_iter()
+            .zip(s.wanted)
+            .filter_map(|(t, w)| w.then_some(t))
+            .collect();
+        let response = InferResponse {
+            model: m.name.clone(),
+            version: m.version,
+            id: s.id,
+            outputs,
+        };
+        self.stats.success(
+            &m.name,
+            m.version,
+            Timings {
+                input: s.input_time,
+                infer: infer_time,
+                output: output_started.elapsed(),
+                batch,
+            },
+        );
+        Ok(response)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(p: &[(&str, Param)]) -> HashMap<String, Param> {
+        p.iter().map(|(k, v)| (k.to_string(), v.clone())).collect()
+    }
+
+    #[test]
+    fn sequence_ids_are_integers_or_bounded_strings_and_flags_need_one() {
+        let p = seq_params(&params(&[
+            ("sequence_id", Param::Int(42)),
+            ("sequence_start", Param::Bool(true)),
+            ("sequence_end", Param::Bool(false)),
+            ("priority", Param::UInt(0)),
+        ]))
+        .unwrap();
+        assert_eq!((p.id, p.start, p.end), (Some(SeqId::Int(42)), true, false));
+        let u = seq_params(&params(&[("sequence_id", Param::UInt(u64::MAX))])).unwrap();
+        assert_eq!(u.id, Some(SeqId::Int(u64::MAX)));
+        let s = seq_params(&params(&[("sequence_id", Param::Str("a".repeat(128)))])).unwrap();
+        assert!(matches!(s.id, Some(SeqId::Str(_))));
+        for bad in [
+            params(&[("sequence_id", Param::Str("a".repeat(129)))]),
+            params(&[("sequence_id", Param::Int(-1))]),
+            params(&[("sequence_id", Param::Double(1.0))]),
+            params(&[("sequence_start", Param::Bool(true))]),
+            params(&[
+                ("sequence_id", Param::Int(0)),
+                ("sequence_end", Param::Bool(true)),
+            ]),
+            params(&[
+                ("sequence_id", Param::Int(1)),
+                ("sequence_start", Param::Int(1)),
+            ]),
+        ] {
+            assert!(seq_params(&bad).is_err(), "{bad:?}");
+        }
+        assert!(
+            seq_params(&params(&[("sequence_id", Param::Str(String::new()))]))
+                .unwrap()
+                .id
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn outputs_are_all_by_default_and_unknown_names_are_refused() {
+        assert_eq!(wanted("m", &[]).unwrap(), [true, true]);
+        assert_eq!(wanted("m", &["STATE_OUT".into()]).unwrap(), [false, true]);
+        let e = wanted("m", &["NOPE".into()]).unwrap_err();
+        assert!(
+            e.message.contains("unexpected inference output 'NOPE'"),
+            "{e}"
+        );
+    }
+}

@@ -1,0 +1,8 @@
+//! Generated from Triton's `proto/inference/*.proto` by build.rs; never edited.
+#![allow(clippy::all, clippy::pedantic, missing_docs)]
+
+tonic::include_proto!("inference");
+
+/// The encoded descriptor set, for server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/inference_descriptor.bin"));
