@@ -71,7 +71,7 @@ step() {
 }
 
 build() {
-  cargo build --profile "$profile" --bin gru-serve --example tutorial_stream --example tutorial_train
+  cargo build --profile "$profile" --bin gru-serve --example tutorial_stream --example tutorial_train --example tutorial_failover
 }
 
 make_venv() {
@@ -99,13 +99,15 @@ make_venv() {
 }
 
 start_server() {
-  cp -r models "$work/models"
-  port="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+  # A restart reuses the folder and the port (and so the sessions, which
+  # the default file store keeps in the model folder's .sessions).
+  [[ -d "$work/models" ]] || cp -r models "$work/models"
+  port="${port:-$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}"
   local flags=(--listen "127.0.0.1:$port" --model-dir "$work/models" --log warn)
   if [[ -z "$missing_poll" ]]; then flags+=(--model-poll 1s); fi
   # No Prometheus port: it would clash with any other server on this machine.
   if grep -q -- '--metrics-listen' <<<"$help"; then flags+=(--metrics-listen off); fi
-  "$bin" "${flags[@]}" >"$work/server.log" 2>&1 &
+  "$bin" "${flags[@]}" >>"$work/server.log" 2>&1 &
   server_pid=$!
   for _ in $(seq 1 150); do
     if "$bin" health --addr "http://127.0.0.1:$port" --timeout 1s >/dev/null 2>&1; then
@@ -134,6 +136,19 @@ check_pictures() {
   echo "pictures OK in $out"
 }
 
+# A stream that survives a server restart: tutorial_failover pauses half-way,
+# the server is stopped (SIGTERM) and started again meanwhile, and the stream
+# goes on; the example checks every output against an uninterrupted run.
+failover_demo() {
+  "$examples/tutorial_failover" --addr "$url" --pause 4s >"$work/failover.log" 2>&1 &
+  local demo=$! rc=0
+  for _ in $(seq 1 100); do grep -q pausing "$work/failover.log" && break; sleep 0.1; done
+  stop_server && start_server || { kill "$demo" 2>/dev/null; return 1; }
+  wait "$demo" || rc=$?
+  cat "$work/failover.log"
+  return $rc
+}
+
 stop_server() {
   kill -TERM "$server_pid"
   local rc=0
@@ -144,7 +159,7 @@ stop_server() {
 }
 
 total_start=$(date +%s.%N)
-step "build ($profile): gru-serve, tutorial_stream, tutorial_train" build
+step "build ($profile): gru-serve, tutorial_stream, tutorial_train, tutorial_failover" build
 
 # Features the PyTorch steps need from the binary.
 missing_export="" missing_poll=""
@@ -165,6 +180,8 @@ step "rust: tutorial_train" "$examples/tutorial_train" --addr "$url" --out-dir "
 step "pictures" check_pictures
 step "python: stream" "$py" clients/python/tutorial.py --addr "127.0.0.1:$port" stream
 step "python: train" "$py" clients/python/tutorial.py --addr "127.0.0.1:$port" train
+step "rust: a stream survives a server restart" failover_demo
+step "python: the failover helper against real restarts" "$py" clients/python/test_failover.py --gru-serve "$bin"
 
 failed=()
 if [[ "$torch" == 1 ]]; then
