@@ -15,7 +15,10 @@ mkdir -p "$out"
   --python_out="$out" \
   --pyi_out="$out" \
   --grpc_python_out="$out" \
-  "$root/proto/gru/v1/gru.proto"
-# Packages for the generated modules (gru_pb2_grpc imports gru.v1.gru_pb2).
-touch "$out/gru/__init__.py" "$out/gru/v1/__init__.py"
+  "$root/proto/gru/v1/gru.proto" \
+  "$root/proto/gru/store/v1/snapshot.proto"
+# Packages for the generated modules (gru_pb2_grpc imports gru.v1.gru_pb2,
+# which imports gru.store.v1.snapshot_pb2).
+touch "$out/gru/__init__.py" "$out/gru/v1/__init__.py" \
+  "$out/gru/store/__init__.py" "$out/gru/store/v1/__init__.py"
 echo "stubs written to $out"

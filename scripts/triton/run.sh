@@ -44,10 +44,7 @@ if [[ "$(cat "$stamp" 2>/dev/null)" != "$want" ]]; then
   "$venv/bin/pip" install -q -r scripts/triton/requirements.txt
   echo "$want" > "$stamp"
 fi
-mkdir -p "$work/stubs"
-"$venv/bin/python" -m grpc_tools.protoc -I proto --python_out="$work/stubs" \
-  --grpc_python_out="$work/stubs" proto/gru/v1/gru.proto
-touch "$work/stubs/gru/__init__.py" "$work/stubs/gru/v1/__init__.py"
+PYTHON="$venv/bin/python" clients/python/gen_stubs.sh "$work/stubs" >/dev/null
 
 free_port() { "$venv/bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 grpc_port=$(free_port); http_port=$(free_port)
