@@ -45,6 +45,10 @@ enum What {
         sessions: usize,
         #[arg(long, default_value_t = 128)]
         hidden: usize,
+        /// Replica A stays alive (heartbeat, handoff listener): each
+        /// takeover is then a handoff (A writes its latest and lets go).
+        #[arg(long)]
+        live_owner: bool,
     },
 }
 
@@ -106,6 +110,7 @@ async fn file(n: usize, hidden: usize) -> Result<(), BoxError> {
         .map(|e| e.map(|e| e.metadata().map(|m| m.len()).unwrap_or(0)))
         .sum::<Result<u64, _>>()?;
     engine.shutdown();
+    drop(engine); // its file store's folder lock goes with it
     // Restore = loading an engine on the same folder, less loading one
     // without sessions (the model and the workers).
     let empty = tempfile::tempdir()?;
@@ -129,12 +134,19 @@ async fn file(n: usize, hidden: usize) -> Result<(), BoxError> {
     Ok(())
 }
 
-async fn takeover(url: &str, n: usize, hidden: usize) -> Result<(), BoxError> {
+async fn takeover(url: &str, n: usize, hidden: usize, live: bool) -> Result<(), BoxError> {
     let models = model_dir(hidden)?;
     let spec = StoreSpec::Redis(url.to_string());
     let a = Engine::load(config(models.path(), spec.clone(), n))?;
     let ids = open_many(&a, n, hidden).await?;
-    a.flush_sessions().await?;
+    let cancel = tokio_util::sync::CancellationToken::new();
+    if live {
+        a.spawn_store_tasks(cancel.clone());
+        // Let the heartbeat and the listener start.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    } else {
+        a.flush_sessions().await?;
+    }
     let b = Engine::load(config(models.path(), spec, n))?;
     let mut waits = Vec::with_capacity(n);
     for id in &ids {
@@ -156,8 +168,10 @@ async fn takeover(url: &str, n: usize, hidden: usize) -> Result<(), BoxError> {
         mem.extend(m);
     }
     let mean_mem = mem.iter().sum::<u64>() as f64 / mem.len().max(1) as f64;
+    cancel.cancel();
+    let owner = if live { "live owner (handoff)" } else { "owner gone" };
     println!(
-        "redis takeover, {n} sessions, H = {hidden}: first call p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms; Redis memory per session {mean_mem:.0} bytes (MEMORY USAGE, mean of {})",
+        "redis takeover, {owner}, {n} sessions, H = {hidden}: first call p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms; Redis memory per session {mean_mem:.0} bytes (MEMORY USAGE, mean of {})",
         pct(&waits, 0.5),
         pct(&waits, 0.99),
         waits[waits.len() - 1],
@@ -182,7 +196,8 @@ fn main() -> Result<(), BoxError> {
                 redis_url,
                 sessions,
                 hidden,
-            } => takeover(&redis_url, sessions, hidden).await,
+                live_owner,
+            } => takeover(&redis_url, sessions, hidden, live_owner).await,
         }
     })
 }
