@@ -110,7 +110,8 @@ async fn file(n: usize, hidden: usize) -> Result<(), BoxError> {
         .map(|e| e.map(|e| e.metadata().map(|m| m.len()).unwrap_or(0)))
         .sum::<Result<u64, _>>()?;
     engine.shutdown();
-    drop(engine); // its file store's folder lock goes with it
+    // Its file store's folder lock goes with it.
+    drop(engine);
     // Restore = loading an engine on the same folder, less loading one
     // without sessions (the model and the workers).
     let empty = tempfile::tempdir()?;
@@ -169,7 +170,11 @@ async fn takeover(url: &str, n: usize, hidden: usize, live: bool) -> Result<(), 
     }
     let mean_mem = mem.iter().sum::<u64>() as f64 / mem.len().max(1) as f64;
     cancel.cancel();
-    let owner = if live { "live owner (handoff)" } else { "owner gone" };
+    let owner = if live {
+        "live owner (handoff)"
+    } else {
+        "owner gone"
+    };
     println!(
         "redis takeover, {owner}, {n} sessions, H = {hidden}: first call p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms; Redis memory per session {mean_mem:.0} bytes (MEMORY USAGE, mean of {})",
         pct(&waits, 0.5),
