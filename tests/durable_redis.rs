@@ -427,3 +427,73 @@ async fn a_stale_replicas_write_is_refused_and_its_copy_dropped() {
     a.shutdown();
     b.shutdown();
 }
+
+/// A session's tenant travels with it: another tenant cannot take it over
+/// from the store (NOT_FOUND, exactly like a missing id), its own can.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tenant_travels_with_the_session_between_replicas() {
+    use gru_serve::engine::{Engine, EngineConfig, EngineError, StoreConfig, StoreSpec};
+    let redis = Redis::start_on(free_port());
+    let repo = small_repo();
+    let engine = || {
+        Engine::load(EngineConfig {
+            model_dir: repo.path().to_path_buf(),
+            store: StoreConfig {
+                spec: StoreSpec::Redis(redis.url()),
+                checkpoint_interval: Duration::from_secs(3600),
+                state_dir: None,
+            },
+            ..Default::default()
+        })
+        .unwrap()
+    };
+    let (a, b) = (engine(), engine());
+    let (s, _) = a
+        .open_session(
+            "m",
+            None,
+            Some("k".into()),
+            Some("alice".into()),
+            None,
+            None,
+        )
+        .await
+        .unwrap();
+    let id = s.id.clone();
+    drop(s);
+    assert_eq!(a.flush_sessions().await.unwrap(), 1);
+    for wrong in [Some("bob"), None] {
+        match b.session(&id, wrong).await {
+            Err(EngineError::SessionNotFound(_)) => {}
+            other => panic!(
+                "{wrong:?} must not reach alice's session: {:?}",
+                other.map(|s| s.id.clone())
+            ),
+        }
+    }
+    assert_eq!(b.live_sessions(), 0, "no takeover for another tenant");
+    // Bob's key space is his own: the same key opens a new session for him.
+    let (bobs, created) = b
+        .open_session("m", None, Some("k".into()), Some("bob".into()), None, None)
+        .await
+        .unwrap();
+    assert!(created && bobs.id != id);
+    // Alice reaches hers from replica B, by id and by key.
+    let s = b.session(&id, Some("alice")).await.unwrap();
+    assert_eq!(s.id, id);
+    let (again, created) = b
+        .open_session(
+            "m",
+            None,
+            Some("k".into()),
+            Some("alice".into()),
+            None,
+            None,
+        )
+        .await
+        .unwrap();
+    assert!(!created);
+    assert_eq!(again.id, id);
+    a.shutdown();
+    b.shutdown();
+}
