@@ -5,6 +5,8 @@
 //! index the server names. Every session must end with exactly the outputs
 //! of an uninterrupted run (Predict), with no step applied twice.
 
+#![cfg(feature = "grpc")]
+
 mod common;
 
 use std::time::{Duration, Instant};

@@ -3,6 +3,8 @@
 //! the same folders. Every session must end with exactly the outputs of an
 //! uninterrupted run (Predict over the whole sequence), no step applied twice.
 
+#![cfg(feature = "grpc")]
+
 mod common;
 
 use std::io::{BufRead, BufReader};

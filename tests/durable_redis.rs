@@ -3,6 +3,8 @@
 //! replicas touch one session, Redis going away and coming back, and a bad
 //! store URL refused at start. Balancers in front of replicas: tests/balancers.rs.
 
+#![cfg(feature = "grpc")]
+
 mod common;
 
 use std::path::Path;

@@ -4,6 +4,8 @@
 //! tritonclient cannot provoke (typed contents, uint64 ids, expiry, replay)
 //! plus the codes and texts of the common ones.
 
+#![cfg(feature = "grpc")]
+
 mod common;
 
 use std::collections::HashMap;
