@@ -36,8 +36,10 @@ struct Driver {
 /// balancer's own 502/503/504 page (tonic reads its HTML body as a broken
 /// gRPC message and says INTERNAL; grpcio says UNAVAILABLE).
 fn unavailable(s: &tonic::Status) -> bool {
+    use std::error::Error;
     s.code() == Code::Unavailable
         || s.code() == Code::Unknown
+        || (s.code() == Code::Cancelled && s.source().is_some())
         || (s.code() == Code::Internal
             && ["status: 502", "status: 503", "status: 504"]
                 .iter()

@@ -32,7 +32,7 @@ pub const MAX_ATTEMPTS: usize = 25;
 
 /// True for the errors a failover can cure: the server is unreachable or
 /// stopping (UNAVAILABLE, or a broken connection, which tonic reports as
-/// UNKNOWN with the transport error as its source), it does not have the
+/// UNKNOWN or CANCELLED with the transport error as its source), it does not have the
 /// session (NOT_FOUND: a restart, or a balancer that moved the key), or the
 /// session is at another step than the message says (FAILED_PRECONDITION:
 /// restored from an older checkpoint).
@@ -41,8 +41,9 @@ pub fn is_failover(s: &Status) -> bool {
     match s.code() {
         Code::Unavailable | Code::NotFound | Code::FailedPrecondition => true,
         // A status the server sent has no source; one made by this client's
-        // transport (connection reset, broken pipe) has.
-        Code::Unknown => s.source().is_some(),
+        // transport (connection reset, broken pipe; or CANCELLED "connection
+        // closed" when the server dies with the call in flight) has.
+        Code::Unknown | Code::Cancelled => s.source().is_some(),
         _ => false,
     }
 }
