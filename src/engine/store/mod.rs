@@ -178,6 +178,10 @@ impl Durable {
     }
 
     fn new(backend: Backend, label: String, config: &StoreConfig) -> Durable {
+        // Present from the start (the alerts query them): nothing owed yet,
+        // and a store is up until a call to it fails.
+        metrics::gauge!("gru_session_store_up").set(1.0);
+        metrics::gauge!("gru_session_checkpoint_lag_seconds").set(0.0);
         Durable {
             backend,
             interval: config.checkpoint_interval,
