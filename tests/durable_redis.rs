@@ -373,21 +373,10 @@ async fn one_stream_carries_sessions_opened_on_another_replica() {
 /// its own diverging steps are never stored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stale_replicas_write_is_refused_and_its_copy_dropped() {
-    use gru_serve::engine::{Engine, EngineConfig, StepInput, StoreConfig, StoreSpec};
+    use gru_serve::engine::StepInput;
     let redis = Redis::start_on(free_port());
     let repo = small_repo();
-    let engine = || {
-        Engine::load(EngineConfig {
-            model_dir: repo.path().to_path_buf(),
-            store: StoreConfig {
-                spec: StoreSpec::Redis(redis.url()),
-                checkpoint_interval: Duration::from_secs(3600),
-                state_dir: None,
-            },
-            ..Default::default()
-        })
-        .unwrap()
-    };
+    let engine = || redis_engine(repo.path(), &redis);
     let (a, b) = (engine(), engine());
     let x = rand_vec(3 * I, 3);
     let row = |t: usize| StepInput {
@@ -434,21 +423,10 @@ async fn a_stale_replicas_write_is_refused_and_its_copy_dropped() {
 /// from the store (NOT_FOUND, exactly like a missing id), its own can.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_tenant_travels_with_the_session_between_replicas() {
-    use gru_serve::engine::{Engine, EngineConfig, EngineError, StoreConfig, StoreSpec};
+    use gru_serve::engine::EngineError;
     let redis = Redis::start_on(free_port());
     let repo = small_repo();
-    let engine = || {
-        Engine::load(EngineConfig {
-            model_dir: repo.path().to_path_buf(),
-            store: StoreConfig {
-                spec: StoreSpec::Redis(redis.url()),
-                checkpoint_interval: Duration::from_secs(3600),
-                state_dir: None,
-            },
-            ..Default::default()
-        })
-        .unwrap()
-    };
+    let engine = || redis_engine(repo.path(), &redis);
     let (a, b) = (engine(), engine());
     let (s, _) = a
         .open_session(
@@ -498,4 +476,20 @@ async fn the_tenant_travels_with_the_session_between_replicas() {
     assert_eq!(again.id, id);
     a.shutdown();
     b.shutdown();
+}
+
+/// An in-process engine on `redis` with no checkpoint task (the tests write
+/// with `flush_sessions`) and no takeover listener.
+fn redis_engine(models: &Path, redis: &Redis) -> gru_serve::engine::Engine {
+    use gru_serve::engine::{Engine, EngineConfig, StoreConfig, StoreSpec};
+    Engine::load(EngineConfig {
+        model_dir: models.to_path_buf(),
+        store: StoreConfig {
+            spec: StoreSpec::Redis(redis.url()),
+            checkpoint_interval: Duration::from_secs(3600),
+            state_dir: None,
+        },
+        ..Default::default()
+    })
+    .unwrap()
 }
