@@ -285,6 +285,15 @@ fn admit(job: StepJob, hs: &mut Vec<f32>, replayed_rows: &mut u64) -> Option<Liv
         return None;
     }
     let dg = digest(&job.input.inputs);
+    if d.unconfirmed && job.input.start_step.is_none() {
+        let at = d.step_index;
+        drop(d);
+        let _ = job.reply.send(Err(EngineError::StepIndexUnconfirmed {
+            session: job.session.id.clone(),
+            at,
+        }));
+        return None;
+    }
     if let Some(s) = job.input.start_step {
         if s != d.step_index {
             let replay = d
@@ -433,6 +442,7 @@ fn scatter(ctx: &Ctx<'_>, live: &mut Vec<Live>, p: &Padded) {
         });
         d.h.copy_from_slice(&outcome.state);
         d.step_index = next;
+        d.unconfirmed = false;
         // The old reply's charge goes back before the new one is taken.
         d.last = None;
         let bytes = 4 * (outcome.outputs.len() + outcome.state.len()) as u64;

@@ -97,6 +97,10 @@ pub enum EngineError {
         got: u64,
         last_start: Option<u64>,
     },
+    /// A message without its start step to a session restored from a
+    /// checkpoint after a crash (see `SessionData::unconfirmed`).
+    #[error("session '{}' is at step {at}; it was recovered from a checkpoint after its server stopped without handing it over (a crash), so steps sent after that may be lost: send this message with its start step (gru.v1 start_step, Triton sequence_step), replaying from step {at} what was sent since", ids::clip(.session))]
+    StepIndexUnconfirmed { session: String, at: u64 },
     /// A retry of a message that was applied but whose reply was not kept.
     #[error("session '{session}': the message starting at step {start_step} was applied (the session is at step {at}), but its reply was not kept for a retry (the server's retained-reply budget was full); read the state with GetSessionState")]
     AlreadyAppliedReplyNotKept {
@@ -200,6 +204,7 @@ impl EngineError {
             EngineError::StepRowCount { .. } => "step_row_count",
             EngineError::StepInputShape { .. } => "step_input_shape",
             EngineError::StepIndexMismatch { .. } => "step_index_mismatch",
+            EngineError::StepIndexUnconfirmed { .. } => "step_index_unconfirmed",
             EngineError::AlreadyAppliedReplyNotKept { .. } => "already_applied_reply_not_kept",
             EngineError::StepIndexOverflow { .. } => "step_index_overflow",
             EngineError::QueueFull { .. } => "queue_full",
@@ -363,6 +368,10 @@ mod tests {
             },
             EngineError::BadSnapshot("format 9".into()),
             EngineError::SessionStore("file:/x: denied".into()),
+            EngineError::StepIndexUnconfirmed {
+                session: s(),
+                at: 4,
+            },
         ];
         let mut labels: Vec<&str> = all.iter().map(EngineError::label).collect();
         labels.sort_unstable();

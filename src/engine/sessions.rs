@@ -427,6 +427,7 @@ impl SessionStore {
                     last_used: now,
                     saved: None,
                     epoch: 0,
+                    unconfirmed: false,
                 },
             )),
         });

@@ -51,6 +51,10 @@ pub struct SessionData {
     /// Ownership epoch in a shared store (0: not yet written there). A
     /// write with a stale epoch is refused and this copy dropped.
     pub epoch: u64,
+    /// Restored from a checkpoint its owner did not let go of (a crash):
+    /// steps after it may be lost, so the next message must name its start
+    /// step (and so learn where the session is) rather than step blindly.
+    pub unconfirmed: bool,
 }
 
 /// The step index and use time of a session's last stored snapshot.

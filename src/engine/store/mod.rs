@@ -302,11 +302,13 @@ pub async fn checkpoint(
     result
 }
 
-/// Copies what a checkpoint writes, one session lock at a time.
+/// Copies what a checkpoint writes, one session lock at a time. `releasing`:
+/// the final flush, after which this process lets every session go.
 fn copy(
     sessions: &SessionStore,
     all: bool,
     ttl: Duration,
+    releasing: bool,
 ) -> Vec<(Arc<Session>, Saved, pb::SessionSnapshot)> {
     let picked = sessions.collect((!all).then(|| refresh(ttl)));
     picked
@@ -320,7 +322,9 @@ fn copy(
                 step_index: d.step_index,
                 last_used: d.last_used,
             };
-            let snap = snapshot::of(&s, &d, ttl);
+            let mut snap = snapshot::of(&s, &d, ttl);
+            // Still unconfirmed, it stays so: this copy may be behind too.
+            snap.released = releasing && !d.unconfirmed;
             drop(d);
             Some((s, saved, snap))
         })
@@ -349,7 +353,7 @@ fn checkpoint_file(
         .into_iter()
         .map(|(id, _)| id)
         .collect();
-    let copied = copy(sessions, full, ttl);
+    let copied = copy(sessions, full, ttl, all);
     if copied.is_empty() && removed.is_empty() && !full {
         return Ok(0);
     }
@@ -387,7 +391,7 @@ async fn checkpoint_redis(
         sessions.return_removed(failed);
     }
     let s = sessions.clone();
-    let copied = tokio::task::spawn_blocking(move || copy(&s, all, ttl))
+    let copied = tokio::task::spawn_blocking(move || copy(&s, all, ttl, all))
         .await
         .map_err(|e| format!("checkpoint task: {e}"))?;
     // Sessions opened while Redis was away are stored first (epoch 1).
@@ -642,7 +646,9 @@ async fn hand_over(r: &shared::RedisStore, sessions: &SessionStore, id: &str) {
     let ttl = sessions.ttl();
     let snap = {
         let d = s.lock();
-        snapshot::of(&s, &d, ttl)
+        let mut snap = snapshot::of(&s, &d, ttl);
+        snap.released = !d.unconfirmed;
+        snap
     };
     let item = shared::SaveItem {
         id: s.id.clone(),

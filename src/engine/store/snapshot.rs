@@ -47,6 +47,7 @@ pub fn of(s: &Session, d: &SessionData, ttl: Duration) -> pb::SessionSnapshot {
                 state: o.state.clone(),
             }),
         }),
+        released: false,
     }
 }
 
@@ -183,6 +184,7 @@ pub fn restore(
                 last_used,
             }),
             epoch,
+            unconfirmed: !snap.released,
         },
     })
 }

@@ -125,6 +125,7 @@ impl From<EngineError> for TritonError {
             | EngineError::StepRowCount { .. }
             | EngineError::StepInputShape { .. }
             | EngineError::StepIndexMismatch { .. }
+            | EngineError::StepIndexUnconfirmed { .. }
             | EngineError::AlreadyAppliedReplyNotKept { .. }
             | EngineError::StepIndexOverflow { .. }
             | EngineError::PredictSequenceCount { .. }
