@@ -29,6 +29,7 @@ pub mod pb {
 pub mod auth;
 mod matrix;
 pub mod observe;
+mod stream;
 pub mod training;
 pub mod triton;
 
@@ -58,6 +59,7 @@ impl From<EngineError> for Status {
             | EngineError::ModelInput(_) => Status::invalid_argument(msg),
             EngineError::SessionKeyConflict { .. }
             | EngineError::StepIndexMismatch { .. }
+            | EngineError::StepIndexUnconfirmed { .. }
             | EngineError::AlreadyAppliedReplyNotKept { .. }
             | EngineError::SessionModelNotServed { .. }
             | EngineError::StepIndexOverflow { .. } => Status::failed_precondition(msg),
@@ -563,24 +565,15 @@ impl GruService for GruServiceImpl {
         tokio::spawn(async move {
             let mut seen = StreamSessions::default();
             loop {
-                let msg = tokio::select! {
-                    _ = reader_cancel.cancelled() => {
-                        let _ = order_tx.send(Item::End(Status::unavailable("the server is shutting down"))).await;
-                        break;
-                    }
-                    m = tokio::time::timeout(idle, inbound.message()) => match m {
-                        Ok(m) => m,
-                        Err(_) => {
-                            let _ = order_tx.send(Item::End(Status::deadline_exceeded(format!(
-                                "no message for {} s (the stream idle timeout); sessions live on, reopen the stream",
-                                idle.as_secs()
-                            )))).await;
-                            break;
-                        }
-                    },
-                };
-                match msg {
-                    Ok(Some(m)) => {
+                let next = stream::next_message(
+                    &mut inbound,
+                    &reader_cancel,
+                    idle,
+                    ("message", "sessions"),
+                )
+                .await;
+                match next {
+                    stream::Next::Message(m) => {
                         // Queue here, in arrival order, so one session's
                         // messages are applied in order; only the waits for
                         // the replies overlap. A session another replica
@@ -605,9 +598,8 @@ impl GruService for GruServiceImpl {
                             break;
                         }
                     }
-                    Ok(None) => break,
-                    // An oversize or corrupt message must not look like a clean end.
-                    Err(status) => {
+                    stream::Next::Closed => break,
+                    stream::Next::End(status) => {
                         let _ = order_tx.send(Item::End(status)).await;
                         break;
                     }
