@@ -1,7 +1,8 @@
 //! Sessions shared by replicas through a real Redis (`redis-server`, started
 //! here on a free loopback port): takeover after a crash, fencing when two
 //! replicas touch one session, Redis going away and coming back, and a bad
-//! store URL refused at start. Balancers in front of replicas: tests/balancers.rs.
+//! store URL refused at start; a Triton sequence moving between replicas by
+//! its id. Balancers in front of replicas: tests/balancers.rs.
 
 #![cfg(feature = "grpc")]
 
@@ -225,6 +226,63 @@ async fn two_replicas_touching_one_session_alternately_never_fork_it() {
             (id.as_str(), t_all as u64)
         );
     }
+    a.terminate().await;
+    b.terminate().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_triton_sequence_moves_between_replicas_by_its_id() {
+    use common::triton::{output, seq_request};
+    use gru_serve::service::triton::pb::grpc_inference_service_client::GrpcInferenceServiceClient;
+    let redis = Redis::start_on(free_port());
+    let repo = small_repo();
+    let (mut a, mut ca, pa) = start(repo.path(), &redis.url(), "50ms").await;
+    let (mut b, _, pb_) = start(repo.path(), &redis.url(), "50ms").await;
+    let v2 = |port: u16| async move {
+        let ch = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
+            .unwrap()
+            .connect()
+            .await
+            .expect("connect");
+        GrpcInferenceServiceClient::new(ch)
+    };
+    let mut replicas = [v2(pa).await, v2(pb_).await];
+    let t_all = 10;
+    let x = rand_vec(t_all * I, 88);
+    let want = predict(&mut ca, &x).await;
+    let mut out = Vec::new();
+    for t in 0..t_all {
+        // Each request reaches the other replica (as through a Service
+        // without affinity): it finds sequence 77 by its id in Redis and
+        // takes its session over.
+        let c = &mut replicas[t % 2];
+        let r = c
+            .model_infer(seq_request(
+                Some((77, t == 0, false)),
+                &x[t * I..(t + 1) * I],
+            ))
+            .await
+            .unwrap_or_else(|e| panic!("step {t} on replica {}: {e}", t % 2))
+            .into_inner();
+        out.extend(output(&r, "OUTPUT"));
+        tokio::time::sleep(Duration::from_millis(120)).await;
+    }
+    assert_close("sequence 77 across replicas", &out, &want);
+    // END on one replica ends it everywhere.
+    replicas[0]
+        .model_infer(seq_request(Some((77, false, true)), &x[..I]))
+        .await
+        .expect("END");
+    let e = replicas[1]
+        .model_infer(seq_request(Some((77, false, false)), &x[..I]))
+        .await
+        .expect_err("the ended sequence");
+    assert_status(
+        "after END elsewhere",
+        &e,
+        Code::InvalidArgument,
+        &["sequence 77", "must specify the START flag"],
+    );
     a.terminate().await;
     b.terminate().await;
 }

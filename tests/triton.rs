@@ -1,14 +1,15 @@
-//! The KServe v2 / Triton gRPC adapter against the real server on port 0,
-//! with a tonic client generated from the same vendored protos. Outputs are
-//! checked against gru.v1's for the same inputs; the refusals are the ones
-//! tritonclient cannot provoke (typed contents, uint64 ids, expiry, replay)
-//! plus the codes and texts of the common ones.
+//! The KServe v2 / Triton adapter against the real server on port 0: gRPC
+//! with a tonic client generated from the same vendored protos, and the
+//! HTTP/JSON form over a plain socket. Outputs are checked against gru.v1's
+//! for the same inputs; the refusals are the ones tritonclient cannot
+//! provoke (typed contents, uint64 ids, expiry, replay, malformed bodies)
+//! plus the codes and texts of the common ones. Sequences outliving the
+//! process: here (file store) and in durable_redis.rs (replicas).
 
 #![cfg(feature = "grpc")]
 
 mod common;
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use common::server::{
@@ -16,6 +17,9 @@ use common::server::{
     WAIT,
 };
 use common::sessions::{hidden, outputs, H, I, L, O};
+use common::triton::{input, output, param_bool, param_int, raw, seq_request};
+use gru_serve::engine::{StoreConfig, StoreSpec};
+use gru_serve::server::ServerConfig;
 use gru_serve::service::pb;
 use gru_serve::service::triton::pb as v2;
 use tokio::sync::mpsc;
@@ -28,67 +32,6 @@ type V2 = GrpcInferenceServiceClient<Channel>;
 
 fn v2_client(s: &TestServer) -> V2 {
     GrpcInferenceServiceClient::new(s.channel.clone())
-}
-
-fn param_int(n: i64) -> v2::InferParameter {
-    v2::InferParameter {
-        parameter_choice: Some(v2::infer_parameter::ParameterChoice::Int64Param(n)),
-    }
-}
-
-fn param_bool(b: bool) -> v2::InferParameter {
-    v2::InferParameter {
-        parameter_choice: Some(v2::infer_parameter::ParameterChoice::BoolParam(b)),
-    }
-}
-
-fn raw(values: &[f32]) -> Vec<u8> {
-    values.iter().flat_map(|v| v.to_le_bytes()).collect()
-}
-
-fn floats(b: &[u8]) -> Vec<f32> {
-    b.chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect()
-}
-
-fn input(name: &str, datatype: &str, shape: Vec<i64>) -> v2::model_infer_request::InferInputTensor {
-    v2::model_infer_request::InferInputTensor {
-        name: name.into(),
-        datatype: datatype.into(),
-        shape,
-        ..Default::default()
-    }
-}
-
-/// A request as tritonclient sends it: raw FP32 INPUT `[1, k, I]`, and the
-/// sequence parameters when `seq` is given (both flags always sent).
-fn seq_request(seq: Option<(i64, bool, bool)>, rows: &[f32]) -> v2::ModelInferRequest {
-    let k = (rows.len() / I) as i64;
-    let mut parameters = HashMap::new();
-    if let Some((id, start, end)) = seq {
-        parameters.insert("sequence_id".to_string(), param_int(id));
-        parameters.insert("sequence_start".to_string(), param_bool(start));
-        parameters.insert("sequence_end".to_string(), param_bool(end));
-    }
-    v2::ModelInferRequest {
-        model_name: "m".into(),
-        id: "r".into(),
-        parameters,
-        inputs: vec![input("INPUT", "FP32", vec![1, k, I as i64])],
-        raw_input_contents: vec![raw(rows)],
-        ..Default::default()
-    }
-}
-
-/// The raw output named `name` of a response.
-fn output(r: &v2::ModelInferResponse, name: &str) -> Vec<f32> {
-    let i = r
-        .outputs
-        .iter()
-        .position(|o| o.name == name)
-        .unwrap_or_else(|| panic!("no output {name} in {:?}", r.outputs));
-    floats(&r.raw_output_contents[i])
 }
 
 /// gru.v1's outputs for `rows` stepped one row at a time from `initial`.
@@ -670,5 +613,296 @@ async fn refusals_carry_tritons_codes_and_leave_other_sequences_alone() {
     let st = stats.model_stats[0].inference_stats.unwrap();
     assert_eq!(st.success.unwrap().count, 5, "{st:?}");
     assert!(st.fail.unwrap().count >= 8, "{st:?}");
+    s.stop().await;
+}
+
+/// A config whose sessions are checkpointed to files in `state`.
+fn file_store_config(repo: &std::path::Path, state: &std::path::Path) -> ServerConfig {
+    let mut config = config_for(repo);
+    config.engine.store = StoreConfig {
+        spec: StoreSpec::File(Some(state.to_path_buf())),
+        ..Default::default()
+    };
+    config
+}
+
+/// Steps sequence `id` one row at a time over gRPC v2; its outputs.
+async fn v2_steps(c: &mut V2, id: i64, rows: &[f32], start: bool) -> Vec<f32> {
+    let mut out = Vec::new();
+    for (n, row) in rows.chunks(I).enumerate() {
+        let r = c
+            .model_infer(seq_request(Some((id, start && n == 0, false)), row))
+            .await
+            .unwrap_or_else(|e| panic!("sequence {id}, row {n}: {e}"))
+            .into_inner();
+        out.extend(output(&r, "OUTPUT"));
+    }
+    out
+}
+
+#[tokio::test]
+async fn sequences_survive_a_restart_with_the_file_store() {
+    let dir = small_repo();
+    let state = tempfile::tempdir().unwrap();
+    let rows = rand_vec(20 * I, 51);
+    let fresh = rand_vec(4 * I, 52);
+
+    let s = TestServer::start(file_store_config(dir.path(), state.path())).await;
+    s.wait_serving().await;
+    let mut c = v2_client(&s);
+    let mut got = v2_steps(&mut c, 7, &rows[..10 * I], true).await;
+    // Sequence 8 starts and ends before the restart: it must stay ended.
+    v2_steps(&mut c, 8, &rows[..2 * I], true).await;
+    c.model_infer(seq_request(Some((8, false, true)), &rows[..I]))
+        .await
+        .unwrap();
+    // Sequence 9 lives on to be restarted by a START after the restart.
+    v2_steps(&mut c, 9, &rows[..3 * I], true).await;
+    s.stop().await;
+
+    // A new process on the same folders: sequence 7 goes on without START.
+    let s = TestServer::start(file_store_config(dir.path(), state.path())).await;
+    s.wait_serving().await;
+    let mut c = v2_client(&s);
+    let mut g = Client::new(s.channel.clone());
+    got.extend(v2_steps(&mut c, 7, &rows[10 * I..], false).await);
+    assert_close(
+        "sequence 7 across the restart vs gru.v1",
+        &got,
+        &reference(&mut g, &rows, None).await,
+    );
+    let e = expect_err(
+        "the ended sequence",
+        c.model_infer(seq_request(Some((8, false, false)), &rows[..I]))
+            .await,
+    );
+    assert_status(
+        "the ended sequence",
+        &e,
+        Code::InvalidArgument,
+        &["sequence 8", "must specify the START flag"],
+    );
+    // START on the restored sequence 9 begins it afresh, from h = 0.
+    assert_close(
+        "sequence 9 restarted",
+        &v2_steps(&mut c, 9, &fresh, true).await,
+        &reference(&mut g, &fresh, None).await,
+    );
+    s.stop().await;
+}
+
+/// One HTTP/1.1 exchange on the v2 HTTP port: (status, body).
+async fn http(addr: std::net::SocketAddr, method: &str, path: &str, body: &[u8]) -> (u16, Vec<u8>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect to the HTTP port");
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    s.write_all(body).await.unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(WAIT, s.read_to_end(&mut buf))
+        .await
+        .expect("an HTTP reply in time")
+        .unwrap();
+    let split = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("an HTTP reply");
+    let status_line = String::from_utf8_lossy(&buf[..split]).to_string();
+    let status = status_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {status_line}"));
+    (status, buf[split + 4..].to_vec())
+}
+
+fn json_of(what: &str, body: &[u8]) -> serde_json::Value {
+    serde_json::from_slice(body)
+        .unwrap_or_else(|e| panic!("{what}: not JSON ({e}): {}", String::from_utf8_lossy(body)))
+}
+
+/// An HTTP infer body: `rows` as INPUT [1, k, I] JSON data.
+fn http_infer(id: Option<(serde_json::Value, bool, bool)>, rows: &[f32]) -> Vec<u8> {
+    let mut params = serde_json::Map::new();
+    if let Some((id, start, end)) = id {
+        params.insert("sequence_id".into(), id);
+        params.insert("sequence_start".into(), start.into());
+        params.insert("sequence_end".into(), end.into());
+    }
+    serde_json::to_vec(&serde_json::json!({
+        "id": "h",
+        "parameters": params,
+        "inputs": [{"name": "INPUT", "datatype": "FP32", "shape": [1, rows.len() / I, I], "data": rows}],
+        "outputs": [{"name": "OUTPUT"}],
+    }))
+    .unwrap()
+}
+
+fn http_output(what: &str, body: &[u8]) -> Vec<f32> {
+    let v = json_of(what, body);
+    let out = &v["outputs"][0];
+    assert_eq!(out["name"], "OUTPUT", "{what}: {v}");
+    out["data"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{what}: no data in {v}"))
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect()
+}
+
+#[tokio::test]
+async fn the_http_form_serves_health_metadata_and_sequences_that_cross_to_grpc() {
+    let dir = small_repo();
+    let mut config = config_for(dir.path());
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", common::process::free_port())
+        .parse()
+        .unwrap();
+    config.http_listen = Some(addr);
+    config.max_message_bytes = 64 * 1024;
+    let s = TestServer::start(config).await;
+    s.wait_serving().await;
+    let mut g = Client::new(s.channel.clone());
+    let mut c = v2_client(&s);
+
+    assert_eq!(http(addr, "GET", "/v2/health/live", b"").await.0, 200);
+    assert_eq!(http(addr, "GET", "/v2/health/ready", b"").await.0, 200);
+    let (code, body) = http(addr, "GET", "/v2", b"").await;
+    let server = json_of("/v2", &body);
+    assert_eq!(code, 200, "{server}");
+    let ext: Vec<&str> = server["extensions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e.as_str())
+        .collect();
+    assert!(ext.contains(&"sequence"), "{server}");
+    let (code, body) = http(addr, "GET", "/v2/models/m", b"").await;
+    let meta = json_of("metadata", &body);
+    assert_eq!(
+        (code, &meta["name"]),
+        (200, &serde_json::json!("m")),
+        "{meta}"
+    );
+    assert_eq!(meta["inputs"][0]["name"], "INPUT", "{meta}");
+    let (code, body) = http(addr, "GET", "/v2/models/m/config", b"").await;
+    let config = json_of("config", &body);
+    assert_eq!(code, 200, "{config}");
+    assert!(config["sequence_batching"].is_object(), "{config}");
+
+    // A sequence of 12 steps: 6 over HTTP (a string id), 6 more over gRPC
+    // v2 (the same tenant, model and id), ended over HTTP.
+    let rows = rand_vec(12 * I, 61);
+    let id = serde_json::json!("http-1");
+    let mut got = Vec::new();
+    for (n, row) in rows[..6 * I].chunks(I).enumerate() {
+        let (code, body) = http(
+            addr,
+            "POST",
+            "/v2/models/m/infer",
+            &http_infer(Some((id.clone(), n == 0, false)), row),
+        )
+        .await;
+        assert_eq!(code, 200, "row {n}: {}", String::from_utf8_lossy(&body));
+        got.extend(http_output("sequence over HTTP", &body));
+    }
+    for (n, row) in rows[6 * I..].chunks(I).enumerate() {
+        let mut r = seq_request(Some((0, false, false)), row);
+        r.parameters.insert(
+            "sequence_id".into(),
+            v2::InferParameter {
+                parameter_choice: Some(v2::infer_parameter::ParameterChoice::StringParam(
+                    "http-1".into(),
+                )),
+            },
+        );
+        let r = c
+            .model_infer(r)
+            .await
+            .unwrap_or_else(|e| panic!("gRPC row {n}: {e}"))
+            .into_inner();
+        got.extend(output(&r, "OUTPUT"));
+    }
+    assert_close(
+        "HTTP then gRPC vs gru.v1",
+        &got,
+        &reference(&mut g, &rows, None).await,
+    );
+    let (code, _) = http(
+        addr,
+        "POST",
+        "/v2/models/m/infer",
+        &http_infer(Some((id.clone(), false, true)), &rows[..I]),
+    )
+    .await;
+    assert_eq!(code, 200);
+
+    // Refusals: JSON {"error": ...} with Triton's HTTP codes, naming what.
+    let refusals: [(&str, &str, Vec<u8>, u16, &str); 6] = [
+        (
+            "after END",
+            "/v2/models/m/infer",
+            http_infer(Some((id.clone(), false, false)), &rows[..I]),
+            400,
+            "must specify the START flag",
+        ),
+        (
+            "unknown model",
+            "/v2/models/nope/infer",
+            http_infer(None, &rows[..I]),
+            404,
+            "nope",
+        ),
+        (
+            "malformed JSON",
+            "/v2/models/m/infer",
+            b"{\"inputs\": [".to_vec(),
+            400,
+            "JSON",
+        ),
+        (
+            "wrong datatype",
+            "/v2/models/m/infer",
+            serde_json::to_vec(&serde_json::json!({
+                "inputs": [{"name": "INPUT", "datatype": "INT8", "shape": [1, 1, I], "data": [1, 2, 3]}],
+            }))
+            .unwrap(),
+            400,
+            "INT8",
+        ),
+        (
+            "body over --max-message-bytes",
+            "/v2/models/m/infer",
+            vec![b' '; 64 * 1024 + 1],
+            400,
+            "larger than 65536 bytes",
+        ),
+        ("no such route", "/v2/nothing", Vec::new(), 404, "no route"),
+    ];
+    for (what, path, body, want, needle) in refusals {
+        let (code, reply) = http(addr, "POST", path, &body).await;
+        let v = json_of(what, &reply);
+        let msg = v["error"].as_str().unwrap_or_default();
+        assert_eq!(code, want, "{what}: {v}");
+        assert!(msg.contains(needle), "{what}: {msg:?} lacks {needle:?}");
+    }
+    // The server kept serving: a stateless request still answers.
+    let (code, body) = http(
+        addr,
+        "POST",
+        "/v2/models/m/infer",
+        &http_infer(None, &rows[..2 * I]),
+    )
+    .await;
+    assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
+    assert_close(
+        "stateless over HTTP",
+        &http_output("stateless", &body),
+        &reference(&mut g, &rows[..2 * I], None).await,
+    );
     s.stop().await;
 }

@@ -234,12 +234,6 @@ impl Engine {
         self.sessions.get_owned(id, owner)
     }
 
-    /// Closes a session this process holds, without waiting: a shared
-    /// store deletes it at the next checkpoint.
-    pub fn close_session_here(&self, id: &str, owner: Option<&str>) -> Result<u64, EngineError> {
-        self.sessions.close(id, owner)
-    }
-
     /// Closes a caller's session; returns its step index.
     pub async fn close_session(&self, id: &str, owner: Option<&str>) -> Result<u64, EngineError> {
         self.ensure_session(id, owner).await?;
@@ -391,20 +385,8 @@ impl Engine {
     ) -> Result<(Arc<Session>, bool), EngineError> {
         if let Some(k) = &key {
             ids::check_key("session_key", k)?;
-            let who = Owner::of(owner.clone());
-            if self.durable.is_shared() && self.sessions.id_for_key(&who, k).is_none() {
-                if let Some(id) = store::lookup_key(&self.durable, owner.as_deref(), k).await {
-                    // Unreachable or gone: the open goes on here.
-                    let _ = store::adopt(
-                        &self.durable,
-                        &self.sessions,
-                        &self.registry,
-                        &id,
-                        owner.as_deref(),
-                    )
-                    .await;
-                }
-            }
+            // Unreachable or gone: the open goes on here.
+            let _ = self.session_for_key(owner.as_deref(), k).await;
         }
         let tenant = owner.clone();
         let (s, created) = self.open_session_here(model, version, key, owner, initial, resume)?;
@@ -427,10 +409,30 @@ impl Engine {
         Ok((s, created))
     }
 
-    /// [`Self::open_session`] without the shared store's lookups, for a
-    /// caller that must not wait (a protocol adapter's ordered submit): the
-    /// next checkpoint stores the session.
-    pub fn open_session_here(
+    /// A caller's live session opened with `key`: held here, or (with a
+    /// shared store) taken over from the replica that holds it. Ok(None):
+    /// no such session.
+    pub async fn session_for_key(
+        &self,
+        owner: Option<&str>,
+        key: &str,
+    ) -> Result<Option<Arc<Session>>, EngineError> {
+        let who = Owner::of(owner.map(str::to_string));
+        if let Some(id) = self.sessions.id_for_key(&who, key) {
+            return Ok(self.sessions.get_owned(&id, owner).ok());
+        }
+        if !self.durable.is_shared() {
+            return Ok(None);
+        }
+        let Some(id) = store::lookup_key(&self.durable, owner, key).await else {
+            return Ok(None);
+        };
+        store::adopt(&self.durable, &self.sessions, &self.registry, &id, owner).await?;
+        Ok(self.sessions.get_owned(&id, owner).ok())
+    }
+
+    /// [`Self::open_session`] without the shared store's lookups.
+    fn open_session_here(
         &self,
         model: &str,
         version: Option<u64>,

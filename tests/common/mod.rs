@@ -120,6 +120,10 @@ pub mod cluster;
 #[cfg(feature = "grpc")]
 pub mod sessions;
 
+/// KServe v2 / Triton requests on the small model.
+#[cfg(feature = "grpc")]
+pub mod triton;
+
 /// The names in a folder, sorted; empty when it does not exist.
 pub fn sorted_entries(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(dir)

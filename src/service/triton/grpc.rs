@@ -17,6 +17,7 @@ use super::tensor::{decode_raw, Data, InTensor, Param};
 use super::{InferRequest, InferResponse, Triton};
 use crate::service::auth::{self, Caller};
 use crate::service::observe;
+use crate::service::stream::{next_message, Next};
 
 /// Requests of one stream in flight at once (replies still in order); the
 /// same bound as gru.v1's StepStream.
@@ -251,7 +252,7 @@ impl GrpcInferenceService for TritonGrpc {
     ) -> Rpc<pb::ModelInferResponse> {
         let owner = auth::tenant(&req);
         let r = decode(req.into_inner())?;
-        let submitted = self.core.submit(owner.as_deref(), r)?;
+        let submitted = self.core.submit(owner.as_deref(), r).await?;
         let done = self.core.finish(submitted).await?;
         Ok(Response::new(encode(done)))
     }
@@ -441,33 +442,21 @@ async fn pump(
         }
     });
     loop {
-        let msg = tokio::select! {
-            _ = cancel.cancelled() => {
-                let _ = order_tx.send(Item::End(Status::unavailable("the server is shutting down"))).await;
-                break;
-            }
-            m = tokio::time::timeout(idle, inbound.message()) => match m {
-                Ok(m) => m,
-                Err(_) => {
-                    let _ = order_tx.send(Item::End(Status::deadline_exceeded(format!(
-                        "no request for {} s (the stream idle timeout); sequences live on, reopen the stream",
-                        idle.as_secs()
-                    )))).await;
-                    break;
-                }
-            },
-        };
-        let r = match msg {
-            Ok(Some(r)) => r,
-            Ok(None) => break,
-            // An oversize or corrupt message must not look like a clean end.
-            Err(status) => {
+        let r = match next_message(&mut inbound, &cancel, idle, ("request", "sequences")).await {
+            Next::Message(r) => r,
+            Next::Closed => break,
+            Next::End(status) => {
                 let _ = order_tx.send(Item::End(status)).await;
                 break;
             }
         };
         let echo = head(&r);
-        let submitted = decode(r).and_then(|r| core.submit(owner.as_deref(), r));
+        // Awaited here, before the next request is read: a stream's
+        // requests for one sequence are applied in arrival order.
+        let submitted = match decode(r) {
+            Ok(r) => core.submit(owner.as_deref(), r).await,
+            Err(e) => Err(e),
+        };
         let core = core.clone();
         let task = tokio::spawn(async move {
             let done = match submitted {

@@ -228,7 +228,7 @@ pub async fn handle(ctx: HttpContext, req: http::Request<hyper::body::Incoming>)
                             let headers = req.headers().clone();
                             let body = read_body(req.into_body(), &headers, ctx.max_body_bytes).await?;
                             let (request, binary_out) = decode(name, version, &headers, &body)?;
-                            let submitted = core.submit(owner.as_deref(), request)?;
+                            let submitted = core.submit(owner.as_deref(), request).await?;
                             let done = core.finish(submitted).await?;
                             Ok(encode(done, &binary_out))
                         }

@@ -2,10 +2,17 @@
 //! the model, then either a stateless forward (no `sequence_id`) or one step
 //! message of a sequence's session.
 //!
-//! Two phases, like gru.v1's steps: [`Triton::submit`] is synchronous and
-//! queues the work on the model's worker, so a stream's requests for one
-//! sequence are applied in arrival order; [`Triton::finish`] awaits the
-//! reply, closes the session on END and builds the response.
+//! Two phases, like gru.v1's steps: [`Triton::submit`] queues the work on
+//! the model's worker and returns (its only waits are for the session store,
+//! to find a sequence this process does not hold), so a stream that awaits
+//! each submit in turn applies one sequence's requests in arrival order;
+//! [`Triton::finish`] awaits the reply, closes the session on END and builds
+//! the response.
+//!
+//! A sequence's session is opened with a key derived from (model, id), so
+//! the session store keeps it like any other: it survives a restart (file
+//! store) and moves between replicas (Redis), and the request that finds it
+//! gone from this process finds it by that key.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -230,8 +237,6 @@ enum Work {
         k: usize,
         key: SeqKey,
         end: bool,
-        /// A live session this START replaced: closed once this reply is in.
-        replaced: Option<String>,
     },
     Predict {
         seqs: Vec<PredictSeq>,
@@ -253,9 +258,14 @@ pub struct Submitted {
 }
 
 impl Triton {
-    /// Phase 1: validates `req` and queues its work. Synchronous, so the
-    /// caller's order is the order a sequence's requests are applied in.
-    pub fn submit(&self, owner: Option<&str>, req: InferRequest) -> Result<Submitted, TritonError> {
+    /// Phase 1: validates `req` and queues its work. A caller that awaits
+    /// each submit before the next makes its order the order a sequence's
+    /// requests are applied in.
+    pub async fn submit(
+        &self,
+        owner: Option<&str>,
+        req: InferRequest,
+    ) -> Result<Submitted, TritonError> {
         let started = Instant::now();
         let m = self.model(&req.model, &req.version)?;
         let span = tracing::info_span!(
@@ -266,14 +276,17 @@ impl Triton {
             steps = tracing::field::Empty,
         );
         observe::note_model(&m.name, m.version);
-        let r = span.in_scope(|| self.submit_to(&m, owner, req, started, span.clone()));
+        let r = self
+            .submit_to(&m, owner, req, started, span.clone())
+            .instrument(span)
+            .await;
         if r.is_err() {
             self.stats.fail(&m.name, m.version, started.elapsed());
         }
         r
     }
 
-    fn submit_to(
+    async fn submit_to(
         &self,
         m: &Arc<ServedModel>,
         owner: Option<&str>,
@@ -294,7 +307,7 @@ impl Triton {
                     id,
                 };
                 let explicit = super::model::parse_version(&req.version)?;
-                self.step_work(m, explicit, owner, key, &p, inputs)?
+                self.step_work(m, explicit, owner, key, &p, inputs).await?
             }
         };
         let model = match &work {
@@ -374,7 +387,7 @@ impl Triton {
         Ok(Work::Predict { seqs, lens, t })
     }
 
-    fn step_work(
+    async fn step_work(
         &self,
         m: &Arc<ServedModel>,
         explicit: Option<u64>,
@@ -428,35 +441,49 @@ impl Triton {
             start_step: p.step,
         };
         tracing::Span::current().record("steps", k);
-        let owned = owner.map(str::to_string);
+        let skey = key.session_key();
         if p.start {
-            let (session, _) =
-                engine.open_session_here(&m.name, Some(m.version), None, owned, initial, None)?;
+            // Triton's START ends a live sequence of the same id and begins
+            // it anew. An unreachable shared store is no reason to refuse.
+            if let Ok(Some(old)) = engine.session_for_key(owner, &skey).await {
+                let _ = engine.close_session(&old.id, owner).await;
+            }
+            let owned = owner.map(str::to_string);
+            let (session, _) = engine
+                .open_session(&m.name, Some(m.version), Some(skey), owned, initial, None)
+                .await?;
             observe::record_session_opened(&m.name, m.version);
             observe::note_session(&session.id);
             let pending = match engine.submit_step(&session.id, owner, input) {
                 Ok(p) => p,
                 Err(e) => {
-                    // Not started after all: the sequence keeps its old session.
-                    let _ = engine.close_session_here(&session.id, owner);
+                    // The first step was refused: the sequence did not start.
+                    let _ = engine.close_session(&session.id, owner).await;
                     return Err(e.into());
                 }
             };
-            let replaced = self.sequences.start(key.clone(), &session);
+            self.sequences.start(key.clone(), &session);
             return Ok(Work::Step {
                 pending,
                 k,
                 key,
                 end: p.end,
-                replaced,
             });
         }
         let session = match self.sequences.find(&key) {
             Found::Live(s) => s,
-            Found::Expired => {
-                return Err(start_required(&key.id, &m.name, Some(engine.session_ttl())))
-            }
-            Found::Unknown => return Err(start_required(&key.id, &m.name, None)),
+            // Not held here: restored by the store after a restart, or held
+            // by another replica (taken over), or truly gone.
+            gone => match engine.session_for_key(owner, &skey).await? {
+                Some(s) => {
+                    self.sequences.start(key.clone(), &s);
+                    s
+                }
+                None => {
+                    let ttl = matches!(gone, Found::Expired).then(|| engine.session_ttl());
+                    return Err(start_required(&key.id, &m.name, ttl));
+                }
+            },
         };
         if explicit.is_some_and(|v| v != session.model.version) {
             return Err(TritonError::invalid(format!(
@@ -485,7 +512,6 @@ impl Triton {
             k,
             key,
             end: p.end,
-            replaced: None,
         })
     }
 
@@ -513,7 +539,6 @@ impl Triton {
                 k,
                 key,
                 end,
-                replaced,
             } => {
                 let session_id = pending.session.id.clone();
                 let reply = pending.wait().await?;
@@ -523,12 +548,9 @@ impl Triton {
                     .record(s.started.elapsed().as_secs_f64());
                 metrics.steps.increment(k as u64);
                 let owner = s.owner.as_deref();
-                if let Some(old) = replaced {
-                    let _ = engine.close_session_here(&old, owner);
-                }
                 if end {
                     self.sequences.end(&key, &session_id);
-                    let _ = engine.close_session_here(&session_id, owner);
+                    let _ = engine.close_session(&session_id, owner).await;
                 }
                 let out = &reply.outcome;
                 (

@@ -2,9 +2,11 @@
 //! model, id), not by the stream that carries it, so it spans unary and
 //! streaming calls and one stream carries many sequences.
 //!
-//! The table holds only a weak handle to each session: the engine's store
-//! owns sessions and expires them; an entry whose session is gone is an
-//! expired sequence. Entries are pruned when the table has grown past twice
+//! The session of a sequence is opened with the key [`SeqKey::session_key`],
+//! so the session store keeps it across restarts and replicas; this table
+//! only caches the sessions this process holds and remembers the expired
+//! ones. It holds a weak handle to each session: the engine owns sessions
+//! and expires them; an entry whose session is gone is looked up by key. Entries are pruned when the table has grown past twice
 //! its live size, so it is bounded by the engine's session cap.
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -41,6 +43,32 @@ pub struct SeqKey {
     pub owner: Option<String>,
     pub model: String,
     pub id: SeqId,
+}
+
+impl SeqKey {
+    /// The engine session key of this sequence (scoped to the tenant by the
+    /// engine, like gru.v1's `session_key`): readable where it can be, a
+    /// SHA-256 of (model, id) where the id would break the key rules.
+    pub fn session_key(&self) -> String {
+        let readable = match &self.id {
+            SeqId::Int(n) => format!("triton/{}/i{n}", self.model),
+            SeqId::Str(s) => format!("triton/{}/s{s}", self.model),
+        };
+        if crate::engine::ids::check_key("session_key", &readable).is_ok() {
+            return readable;
+        }
+        let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+        ctx.update(self.model.as_bytes());
+        ctx.update(&[0]);
+        ctx.update(readable.as_bytes());
+        let hex: String = ctx
+            .finish()
+            .as_ref()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        format!("triton/h{hex}")
+    }
 }
 
 struct Entry {
@@ -123,23 +151,20 @@ impl Sequences {
         }
     }
 
-    /// Binds `key` to a new session; returns the id of the session it
-    /// replaces (a START on a live sequence), which the caller closes.
-    pub fn start(&self, key: SeqKey, session: &Arc<Session>) -> Option<String> {
+    /// Binds `key` to `session` (a START, or a session found by its key).
+    pub fn start(&self, key: SeqKey, session: &Arc<Session>) {
         let mut t = self.lock();
         if t.live.len() >= t.prune_at {
             t.prune();
         }
         t.expired.remove(&key);
-        let old = t.live.insert(
+        t.live.insert(
             key,
             Entry {
                 session_id: session.id.clone(),
                 session: Arc::downgrade(session),
             },
         );
-        old.map(|e| e.session_id)
-            .filter(|old_id| *old_id != session.id)
     }
 
     /// Unbinds `key` if it still names `session_id` (an END, or a session
@@ -158,5 +183,44 @@ impl Sequences {
             t.live.remove(key);
             t.remember_expired(key.clone());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(model: &str, id: SeqId) -> SeqKey {
+        SeqKey {
+            owner: None,
+            model: model.into(),
+            id,
+        }
+    }
+
+    #[test]
+    fn session_keys_are_readable_distinct_and_always_valid() {
+        let int = key("sine", SeqId::Int(42)).session_key();
+        let string = key("sine", SeqId::Str("42".into())).session_key();
+        assert_eq!(int, "triton/sine/i42");
+        assert_eq!(string, "triton/sine/s42");
+        assert_ne!(
+            key("sine", SeqId::Int(42)).session_key(),
+            key("cosine", SeqId::Int(42)).session_key()
+        );
+        // 128 four-byte characters (512 bytes) and control characters break
+        // the key rules: hashed, still distinct, still valid.
+        let long = key("sine", SeqId::Str("𝄞".repeat(MAX_STRING_ID_LEN))).session_key();
+        let ctrl = key("sine", SeqId::Str("a\nb".into())).session_key();
+        let ctrl2 = key("sine", SeqId::Str("a\tb".into())).session_key();
+        for k in [&long, &ctrl, &ctrl2] {
+            assert!(k.starts_with("triton/h"), "{k}");
+            crate::engine::ids::check_key("session_key", k).unwrap();
+        }
+        assert_ne!(ctrl, ctrl2);
+        assert_ne!(
+            key("sine", SeqId::Str("a\nb".into())).session_key(),
+            key("cosine", SeqId::Str("a\nb".into())).session_key()
+        );
     }
 }
