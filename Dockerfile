@@ -42,12 +42,16 @@ COPY --chown=10001:10001 models/ /models/
 ENV GRU_MODEL_DIR=/models \
     GRU_LISTEN=0.0.0.0:50051 \
     GRU_METRICS_LISTEN=0.0.0.0:9090 \
+    GRU_HTTP_LISTEN=0.0.0.0:8000 \
+    GRU_TRITON_GRPC_LISTEN=0.0.0.0:8001 \
     GRU_LOG_FORMAT=json
 VOLUME ["/models"]
 USER 10001:10001
 # gRPC (gru.v1, grpc.health.v1, reflection); Prometheus text format on
-# http://<host>:9090/metrics, HTTP health on :9090/livez and /readyz.
-EXPOSE 50051 9090
+# http://<host>:9090/metrics, HTTP health on :9090/livez and /readyz. Triton's ports: the KServe v2
+# HTTP/JSON protocol on 8000, and on 8001 the same gRPC services as 50051
+# (Triton's examples and perf_analyzer default to 8000/8001).
+EXPOSE 50051 9090 8000 8001
 # The server drains in-flight requests on SIGTERM (GRU_DRAIN_TIMEOUT, 10 s
 # by default): give `docker stop` a longer --time than that.
 STOPSIGNAL SIGTERM

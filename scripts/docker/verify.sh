@@ -149,7 +149,7 @@ buildah images "$IMAGE"
 cfg() { buildah inspect --type image --format "$1" "$IMAGE"; }
 [ "$(cfg '{{.Docker.Config.User}}')" = "$GRU_UID:$GRU_UID" ] || die "image USER is not $GRU_UID:$GRU_UID"
 [ "$(cfg '{{.Docker.Config.StopSignal}}')" = "SIGTERM" ] || die "image STOPSIGNAL is not SIGTERM"
-for port in 50051 9090; do
+for port in 50051 9090 8000 8001; do
     cfg '{{.Docker.Config.ExposedPorts}}' | grep -q "$port/tcp" || die "$port is not EXPOSEd"
 done
 cfg '{{.Docker.Config.Volumes}}' | grep -q '/models' || die "/models is not a VOLUME"
@@ -183,9 +183,12 @@ trap cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 PORT=$(free_port)
 METRICS_PORT=$(free_port)
+HTTP_PORT=$(free_port)
+TRITON_PORT=$(free_port)
 CTR=$(buildah from --pull=never "$IMAGE")
 buildah config --env "GRU_LISTEN=127.0.0.1:$PORT" --env "GRU_HEALTH_ADDR=http://127.0.0.1:$PORT" \
-    --env "GRU_METRICS_LISTEN=127.0.0.1:$METRICS_PORT" "$CTR"
+    --env "GRU_METRICS_LISTEN=127.0.0.1:$METRICS_PORT" --env "GRU_HTTP_LISTEN=127.0.0.1:$HTTP_PORT" \
+    --env "GRU_TRITON_GRPC_LISTEN=127.0.0.1:$TRITON_PORT" "$CTR"
 brun() { buildah run --isolation chroot "$CTR" -- "$@"; }
 
 step "run: id"
@@ -239,6 +242,16 @@ for _ in $(seq 1 10); do
 done
 [ -n "$scraped" ] || { echo "$SCRAPE" | head -n 40 >&2; die "/metrics lacks a loaded model version or the health-check requests"; }
 grep -E '^gru_(model_versions_loaded|rpc_requests_total)' <<<"$SCRAPE"
+
+step "run: Triton's ports (KServe v2 HTTP on $HTTP_PORT, gRPC on $TRITON_PORT)"
+code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 "http://127.0.0.1:$HTTP_PORT/v2/health/ready") || code=""
+[ "$code" = 200 ] || die "GET /v2/health/ready answered '$code', not 200"
+META=$(curl -sf --max-time 5 "http://127.0.0.1:$HTTP_PORT/v2/models/sine") || die "GET /v2/models/sine failed"
+grep -q '"name": *"sine"' <<<"$META" || die "/v2/models/sine lacks the model's name: $META"
+echo "GET /v2/health/ready -> 200; /v2/models/sine -> $META"
+out=$(brun gru-serve health --addr "http://127.0.0.1:$TRITON_PORT" 2>&1) \
+    || die "grpc.health.v1 on the second gRPC port $TRITON_PORT: $out"
+echo "grpc.health.v1 on $TRITON_PORT -> $out"
 
 step "stop: SIGTERM to the server"
 kill -TERM "$SERVER_PID"
