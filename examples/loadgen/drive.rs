@@ -18,7 +18,7 @@ use crate::stats::{batch_diff, hist_snapshot, latency};
 use crate::stream::{run_stream, StreamOutcome, Window};
 use crate::targets::StatsSource;
 use crate::training::{job_snapshot, TrainJob};
-use crate::{Args, BoxError, RateRpc};
+use crate::{triton, Args, BoxError, Protocol, RateRpc};
 
 pub type Client = GruServiceClient<Channel>;
 
@@ -87,9 +87,11 @@ async fn input_size(c: &mut Client, args: &Args) -> Result<usize, BoxError> {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 pub async fn drive(
     args: &Args,
     url: &str,
+    http_addr: Option<&str>,
     streams: usize,
     connections: usize,
     stats: StatsSource,
@@ -102,7 +104,11 @@ pub async fn drive(
     let mut c0 = client(chans[0].clone());
     let input_size = input_size(&mut c0, args).await?;
 
-    let ids = open_sessions(args, &chans).await?;
+    let ids = match args.protocol {
+        Protocol::GruV1 => open_sessions(args, &chans).await?,
+        // Triton sequences 1..=N, started below with their first request.
+        _ => (1..=args.sessions).map(|n| n.to_string()).collect(),
+    };
     open_idle_sessions(args, &chans).await?;
 
     // --train: a job on the same server, running before the warm-up starts.
@@ -129,14 +135,56 @@ pub async fn drive(
     };
     let out_cols = Arc::new(AtomicU64::new(0));
     let mut tasks = tokio::task::JoinSet::new();
+    if args.protocol == Protocol::TritonGrpc {
+        triton::start_grpc(&chans, &args.model, args.sessions, args.k, inputs.clone()).await?;
+    }
     for (j, sess) in per_stream.into_iter().enumerate() {
-        let c = client(chans[j % connections].clone());
+        let ch = chans[j % connections].clone();
         let (inputs, out_cols) = (inputs.clone(), out_cols.clone());
-        let (k, cols) = (args.k, input_size);
-        tasks.spawn(async move {
-            tokio::time::sleep_until(start.into()).await;
-            run_stream(c, sess, k, cols, inputs, window, out_cols).await
-        });
+        let (k, cols, model) = (args.k, input_size, args.model.clone());
+        match args.protocol {
+            Protocol::GruV1 => tasks.spawn(async move {
+                tokio::time::sleep_until(start.into()).await;
+                run_stream(client(ch), sess, k, cols, inputs, window, out_cols).await
+            }),
+            Protocol::TritonGrpc => tasks.spawn(async move {
+                tokio::time::sleep_until(start.into()).await;
+                let seqs = sess.iter().map(|s| s.parse().unwrap_or(0)).collect();
+                triton::run_grpc_stream(
+                    triton::client(ch),
+                    model,
+                    seqs,
+                    k,
+                    inputs,
+                    window,
+                    out_cols,
+                )
+                .await
+            }),
+            Protocol::TritonHttp => {
+                // One connection per sequence: HTTP/1.1 does not multiplex.
+                let addr = http_addr.ok_or("--protocol triton-http: no HTTP address")?;
+                for id in sess {
+                    let (addr, model, inputs, out_cols) = (
+                        addr.to_string(),
+                        model.clone(),
+                        inputs.clone(),
+                        out_cols.clone(),
+                    );
+                    tasks.spawn(triton::run_http_sequence(
+                        addr,
+                        model,
+                        id.parse().unwrap_or(0),
+                        k,
+                        inputs,
+                        start,
+                        window,
+                        out_cols,
+                    ));
+                }
+                continue;
+            }
+        };
     }
 
     // --open-rate: paced OpenSession calls over the warm-up and the measurement.
@@ -226,7 +274,7 @@ pub async fn drive(
         Some(j) => Some(j.finish(job_snaps, args.duration_secs).await),
         None => None,
     };
-    if args.target.is_some() {
+    if args.target.is_some() && args.protocol == Protocol::GruV1 {
         close_sessions(ids, &chans).await;
     }
     drop(chans);

@@ -23,6 +23,12 @@
 //! - `--target http://host:port`: an external server (e.g. the Python baseline
 //!   in scripts/baseline/). Its worker batch sizes are not visible from here.
 //!
+//! `--protocol triton-grpc | triton-http` speaks the KServe v2 / Triton
+//! protocol instead of gru.v1 (sessions become Triton sequences; see
+//! triton.rs), so the adapter's cost is measured against gru.v1 on the same
+//! server: `--protocol triton-http` serves the HTTP port in-process, or
+//! drives `--http-addr` with `--target`.
+//!
 //! `--train` (in-process mode only): once the sessions are open and before the
 //! warm-up, start a training job on the same server through
 //! `gru.v1.TrainingService` (a new regression model `--train-hidden` wide on
@@ -39,6 +45,7 @@
 //! target/release/examples/loadgen --sessions 256 --k 1 --echo
 //! target/release/examples/loadgen --sessions 16 --k 1 --train --train-nice 10
 //! target/release/examples/loadgen --sessions 256 --k 32 --target http://127.0.0.1:50052 --model bench
+//! target/release/examples/loadgen --sessions 256 --k 1 --protocol triton-grpc
 //! ```
 //!
 //! Everything ends by itself after `--warmup-secs + --duration-secs` (plus the
@@ -52,6 +59,7 @@ mod stats;
 mod stream;
 mod targets;
 mod training;
+mod triton;
 
 use std::path::PathBuf;
 
@@ -170,6 +178,20 @@ struct Args {
     /// control of the same RPC rate, GetModel.
     #[arg(long, value_enum, default_value = "open-session")]
     rate_rpc: RateRpc,
+    /// The protocol the steps are sent in: gru.v1's StepStream, or the
+    /// KServe v2 / Triton protocol over gRPC (ModelStreamInfer) or HTTP/JSON.
+    #[arg(long, value_enum, default_value = "gru-v1")]
+    protocol: Protocol,
+    /// --protocol triton-http with --target: the server's HTTP port (host:port).
+    #[arg(long)]
+    http_addr: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+enum Protocol {
+    GruV1,
+    TritonGrpc,
+    TritonHttp,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum, Serialize)]
@@ -182,6 +204,12 @@ fn main() -> Result<(), BoxError> {
     let args = Args::parse();
     if args.sessions == 0 || args.k == 0 {
         return Err("--sessions and --k must be ≥ 1".into());
+    }
+    if args.protocol != Protocol::GruV1 && (args.echo || args.train || args.open_rate > 0.0) {
+        return Err("--echo, --train and --open-rate speak gru.v1: use --protocol gru-v1".into());
+    }
+    if args.protocol == Protocol::TritonHttp && args.target.is_some() && args.http_addr.is_none() {
+        return Err("--protocol triton-http with --target needs --http-addr".into());
     }
     let streams = args
         .streams
@@ -204,19 +232,35 @@ fn main() -> Result<(), BoxError> {
             "gru-serve in-process".to_string(),
         )
     };
+    let mode = match args.protocol {
+        Protocol::GruV1 => mode,
+        p => format!("{mode}, {p:?}"),
+    };
     let url = match (&args.target, &server) {
         (Some(t), _) => t.clone(),
         (None, Some(s)) => format!("http://{}", s.addr),
         _ => unreachable!(),
     };
     let stats = server.as_ref().and_then(|s| s.stats.clone());
+    let http_addr = match &server {
+        Some(s) => s.http_addr.map(|a| a.to_string()),
+        None => args.http_addr.clone(),
+    };
 
     let client_rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(args.client_threads.max(1))
         .thread_name("lg-client")
         .enable_all()
         .build()?;
-    let outcome = client_rt.block_on(drive(&args, &url, streams, connections, stats, &mode));
+    let outcome = client_rt.block_on(drive(
+        &args,
+        &url,
+        http_addr.as_deref(),
+        streams,
+        connections,
+        stats,
+        &mode,
+    ));
     drop(client_rt);
     if let Some(s) = server {
         s.stop()?;

@@ -26,6 +26,8 @@ pub type StatsSource = Option<Arc<dyn Fn() -> Option<Arc<WorkerStats>> + Send + 
 
 pub struct InProcess {
     pub addr: SocketAddr,
+    /// The KServe v2 HTTP port, served with --protocol triton-http.
+    pub http_addr: Option<SocketAddr>,
     shutdown: Option<oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<Result<(), String>>>,
     pub stats: StatsSource,
@@ -96,6 +98,15 @@ impl InProcess {
             state_dir: None,
         };
         config.drain_timeout = Duration::from_secs(2);
+        let http_addr = match args.protocol {
+            crate::Protocol::TritonHttp => {
+                // A port free now (the server binds it when it starts).
+                let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+                Some(l.local_addr()?)
+            }
+            _ => None,
+        };
+        config.http_listen = http_addr;
         // The engine is handed out once loaded: its worker's WorkerStats give the batch sizes.
         let cell: Arc<std::sync::OnceLock<gru_serve::engine::Engine>> =
             Arc::new(std::sync::OnceLock::new());
@@ -116,6 +127,7 @@ impl InProcess {
         }));
         Ok(InProcess {
             addr,
+            http_addr,
             shutdown: Some(stop),
             thread: Some(thread),
             stats,
@@ -146,6 +158,7 @@ impl InProcess {
             })?;
         Ok(InProcess {
             addr,
+            http_addr: None,
             shutdown: Some(stop),
             thread: Some(thread),
             stats: None,
