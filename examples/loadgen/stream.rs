@@ -26,6 +26,26 @@ pub struct StreamOutcome {
     pub first_error: Option<String>,
 }
 
+impl StreamOutcome {
+    /// The stream's next reply; None when it ended (why is recorded).
+    pub async fn next_reply<T>(&mut self, replies: &mut tonic::Streaming<T>) -> Option<T> {
+        match tokio::time::timeout(Duration::from_secs(30), replies.message()).await {
+            Ok(Ok(m)) => m,
+            Ok(Err(e)) => {
+                self.errors += 1;
+                self.first_error
+                    .get_or_insert_with(|| format!("stream ended: {e}"));
+                None
+            }
+            Err(_) => {
+                self.first_error
+                    .get_or_insert_with(|| "no reply for 30 s".into());
+                None
+            }
+        }
+    }
+}
+
 /// One stream: its sessions in a closed loop. Replies come in request order,
 /// so a FIFO of (session, send time) pairs them with their requests.
 pub async fn run_stream(
@@ -68,22 +88,7 @@ pub async fn run_stream(
         }
     };
     let mut tx = Some(tx);
-    loop {
-        let m = match tokio::time::timeout(Duration::from_secs(30), replies.message()).await {
-            Ok(Ok(Some(m))) => m,
-            Ok(Ok(None)) => break,
-            Ok(Err(e)) => {
-                o.errors += 1;
-                o.first_error
-                    .get_or_insert_with(|| format!("stream ended: {e}"));
-                break;
-            }
-            Err(_) => {
-                o.first_error
-                    .get_or_insert_with(|| "no reply for 30 s".into());
-                break;
-            }
-        };
+    while let Some(m) = o.next_reply(&mut replies).await {
         let now = Instant::now();
         let Some((s, rid, sent)) = inflight.pop_front() else {
             o.first_error

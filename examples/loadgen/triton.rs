@@ -12,7 +12,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use gru_serve::service::triton::pb as v2;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -127,22 +127,7 @@ pub async fn run_grpc_stream(
         }
     };
     let mut tx = Some(tx);
-    loop {
-        let m = match tokio::time::timeout(Duration::from_secs(30), replies.message()).await {
-            Ok(Ok(Some(m))) => m,
-            Ok(Ok(None)) => break,
-            Ok(Err(e)) => {
-                o.errors += 1;
-                o.first_error
-                    .get_or_insert_with(|| format!("stream ended: {e}"));
-                break;
-            }
-            Err(_) => {
-                o.first_error
-                    .get_or_insert_with(|| "no reply for 30 s".into());
-                break;
-            }
-        };
+    while let Some(m) = o.next_reply(&mut replies).await {
         let now = Instant::now();
         let Some((s, sent)) = inflight.pop_front() else {
             o.first_error

@@ -14,7 +14,7 @@ use tonic::{Request, Response, Status, Streaming};
 use super::error::TritonError;
 use super::pb::{self, grpc_inference_service_server::GrpcInferenceService};
 use super::tensor::{decode_raw, Data, InTensor, Param};
-use super::{InferRequest, InferResponse, Triton};
+use super::{InferRequest, InferResponse, Submitted, Triton};
 use crate::service::auth::{self, Caller};
 use crate::service::observe;
 use crate::service::stream::{next_message, Next};
@@ -81,7 +81,7 @@ pub fn decode(r: pb::ModelInferRequest) -> Result<InferRequest, TritonError> {
         )));
     }
     let mut inputs = Vec::with_capacity(r.inputs.len());
-    for (n, t) in r.inputs.iter().enumerate() {
+    for (n, t) in r.inputs.into_iter().enumerate() {
         let data = if raw {
             if t.contents.is_some() {
                 return Err(TritonError::invalid(format!(
@@ -91,12 +91,12 @@ pub fn decode(r: pb::ModelInferRequest) -> Result<InferRequest, TritonError> {
             }
             decode_raw(&t.name, &t.datatype, &t.shape, &r.raw_input_contents[n])?
         } else {
-            typed(t)
+            typed(&t)
         };
         inputs.push(InTensor {
-            name: t.name.clone(),
-            datatype: t.datatype.clone(),
-            shape: t.shape.clone(),
+            name: t.name,
+            datatype: t.datatype,
+            shape: t.shape,
             data,
         });
     }
@@ -409,9 +409,12 @@ fn head(r: &pb::ModelInferRequest) -> pb::ModelInferResponse {
 }
 
 /// One stream: the reader submits each request in arrival order (so a
-/// sequence's requests are applied in that order) and queues its finishing
-/// task; the writer sends the replies in the same order. Ends when the
-/// client does, at shutdown, or after the idle timeout.
+/// sequence's requests are applied in that order) and hands it to the
+/// writer, which finishes them and sends the replies in the same order. No
+/// task per request: the writer is the only one waiting, so a batch that
+/// answers many of this stream's requests wakes it once (as gru.v1's
+/// StepStream). Ends when the client does, at shutdown, or after the idle
+/// timeout.
 async fn pump(
     core: Arc<Triton>,
     owner: Option<String>,
@@ -421,18 +424,25 @@ async fn pump(
     cancel: CancellationToken,
     idle: Duration,
 ) {
+    // Nearly every item is a Reply: boxing it would allocate per request.
+    #[allow(clippy::large_enum_variant)]
     enum Item {
-        Reply(tokio::task::JoinHandle<pb::ModelStreamInferResponse>),
+        Reply(Result<Submitted, TritonError>, pb::ModelInferResponse),
         End(Status),
     }
     let (order_tx, mut order_rx) = mpsc::channel::<Item>(STREAM_MAX_IN_FLIGHT);
+    let writer_core = core.clone();
     let writer = tokio::spawn(async move {
         let _permit = permit;
         while let Some(item) = order_rx.recv().await {
             let reply = match item {
-                Item::Reply(h) => h
-                    .await
-                    .map_err(|e| Status::internal(format!("stream request task failed: {e}"))),
+                Item::Reply(submitted, echo) => {
+                    let done = match submitted {
+                        Ok(s) => writer_core.finish(s).await,
+                        Err(e) => Err(e),
+                    };
+                    Ok(stream_reply(done.map_err(|e| (e, echo))))
+                }
                 Item::End(s) => Err(s),
             };
             let end = reply.is_err();
@@ -457,15 +467,7 @@ async fn pump(
             Ok(r) => core.submit(owner.as_deref(), r).await,
             Err(e) => Err(e),
         };
-        let core = core.clone();
-        let task = tokio::spawn(async move {
-            let done = match submitted {
-                Ok(s) => core.finish(s).await,
-                Err(e) => Err(e),
-            };
-            stream_reply(done.map_err(|e| (e, echo)))
-        });
-        if order_tx.send(Item::Reply(task)).await.is_err() {
+        if order_tx.send(Item::Reply(submitted, echo)).await.is_err() {
             break;
         }
     }

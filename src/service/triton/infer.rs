@@ -441,16 +441,17 @@ impl Triton {
             start_step: p.step,
         };
         tracing::Span::current().record("steps", k);
-        let skey = key.session_key();
+        // Formatted only when the session is looked up by key.
+        let skey = || key.session_key();
         if p.start {
             // Triton's START ends a live sequence of the same id and begins
             // it anew. An unreachable shared store is no reason to refuse.
-            if let Ok(Some(old)) = engine.session_for_key(owner, &skey).await {
+            if let Ok(Some(old)) = engine.session_for_key(owner, &skey()).await {
                 let _ = engine.close_session(&old.id, owner).await;
             }
             let owned = owner.map(str::to_string);
             let (session, _) = engine
-                .open_session(&m.name, Some(m.version), Some(skey), owned, initial, None)
+                .open_session(&m.name, Some(m.version), Some(skey()), owned, initial, None)
                 .await?;
             observe::record_session_opened(&m.name, m.version);
             observe::note_session(&session.id);
@@ -474,7 +475,7 @@ impl Triton {
             Found::Live(s) => s,
             // Not held here: restored by the store after a restart, or held
             // by another replica (taken over), or truly gone.
-            gone => match engine.session_for_key(owner, &skey).await? {
+            gone => match engine.session_for_key(owner, &skey()).await? {
                 Some(s) => {
                     self.sequences.start(key.clone(), &s);
                     s
@@ -554,15 +555,24 @@ impl Triton {
                 }
                 let out = &reply.outcome;
                 (
+                    // Copied only when asked for (the rest is filtered below).
                     OutTensor {
                         name: OUTPUT,
                         shape: vec![1, k as i64, o as i64],
-                        data: out.outputs.clone(),
+                        data: if s.wanted[0] {
+                            out.outputs.clone()
+                        } else {
+                            Vec::new()
+                        },
                     },
                     OutTensor {
                         name: STATE_OUT,
                         shape: vec![1, l as i64, h as i64],
-                        data: out.state.clone(),
+                        data: if s.wanted[1] {
+                            out.state.clone()
+                        } else {
+                            Vec::new()
+                        },
                     },
                     1,
                 )

@@ -54,7 +54,8 @@ pub struct Timings {
 
 #[derive(Default)]
 pub struct Stats {
-    by_model: Mutex<HashMap<(String, u64), ModelStats>>,
+    /// model → version → counts (looked up by &str: no allocation per request).
+    by_model: Mutex<HashMap<String, HashMap<u64, ModelStats>>>,
 }
 
 fn now_ms() -> u64 {
@@ -66,7 +67,11 @@ fn now_ms() -> u64 {
 impl Stats {
     fn with(&self, model: &str, version: u64, f: impl FnOnce(&mut ModelStats)) {
         let mut m = self.by_model.lock().unwrap_or_else(|p| p.into_inner());
-        f(m.entry((model.to_string(), version)).or_default());
+        let versions = match m.get_mut(model) {
+            Some(v) => v,
+            None => m.entry(model.to_string()).or_default(),
+        };
+        f(versions.entry(version).or_default());
     }
 
     pub fn success(&self, model: &str, version: u64, t: Timings) {
@@ -92,7 +97,11 @@ impl Stats {
         versions
             .iter()
             .map(|&v| {
-                let s = m.get(&(model.to_string(), v)).cloned().unwrap_or_default();
+                let s = m
+                    .get(model)
+                    .and_then(|vs| vs.get(&v))
+                    .cloned()
+                    .unwrap_or_default();
                 pb::ModelStatistics {
                     name: model.to_string(),
                     version: v.to_string(),

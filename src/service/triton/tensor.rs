@@ -54,9 +54,10 @@ pub struct OutTensor {
 impl OutTensor {
     /// Little-endian bytes (`raw_output_contents`, HTTP binary data).
     pub fn raw(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.data.len() * 4);
-        for v in &self.data {
-            out.extend_from_slice(&v.to_le_bytes());
+        // Sized once and filled in place (vectorised; no growth checks).
+        let mut out = vec![0u8; self.data.len() * 4];
+        for (b, v) in out.chunks_exact_mut(4).zip(&self.data) {
+            b.copy_from_slice(&v.to_le_bytes());
         }
         out
     }
