@@ -195,6 +195,9 @@ step "run: id"
 UID_IN=$(brun id -u)
 brun id
 [ "$UID_IN" = "$GRU_UID" ] || die "the container runs as uid $UID_IN, not $GRU_UID"
+# No session checkpoints baked in (a local run's models/.sessions): every
+# container would restore them.
+if brun test -e /models/.sessions; then die "the image carries /models/.sessions (session checkpoints)"; fi
 
 step "run: gru-serve (127.0.0.1:$PORT, models from \$GRU_MODEL_DIR=/models)"
 LOG=$(mktemp /tmp/gru-verify-server.XXXXXX.log)
