@@ -56,9 +56,21 @@ impl Drop for Redis {
 }
 
 fn spawn(repo: &Path, port: u16, store: &str, interval: &str, metrics: Option<u16>) -> Spawned {
+    spawn_with_env(repo, port, store, interval, metrics, &[])
+}
+
+fn spawn_with_env(
+    repo: &Path,
+    port: u16,
+    store: &str,
+    interval: &str,
+    metrics: Option<u16>,
+    env: &[(&str, &Path)],
+) -> Spawned {
     let metrics = metrics.map_or("off".to_string(), |p| format!("127.0.0.1:{p}"));
     Spawned(
         Command::new(env!("CARGO_BIN_EXE_gru-serve"))
+            .envs(env.iter().copied())
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .arg("--model-dir")
             .arg(repo)
@@ -285,6 +297,105 @@ async fn a_triton_sequence_moves_between_replicas_by_its_id() {
     );
     a.terminate().await;
     b.terminate().await;
+}
+
+/// A CA and a certificate for "localhost" signed by it (PEM files in a
+/// temporary folder): what a private Redis behind TLS presents.
+fn private_ca() -> tempfile::TempDir {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let dir = tempfile::TempDir::new().unwrap();
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_pem = ca.self_signed(&ca_key).unwrap().pem();
+    let issuer = Issuer::new(ca, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
+    for (f, pem) in [
+        ("ca.pem", ca_pem),
+        ("redis.pem", leaf.pem()),
+        ("redis.key", key.serialize_pem()),
+    ] {
+        std::fs::write(dir.path().join(f), pem).unwrap();
+    }
+    dir
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rediss_to_a_private_ca_carries_sessions_between_replicas() {
+    let pki = private_ca();
+    let p = |f: &str| pki.path().join(f);
+    let rport = free_port();
+    // TLS only (--port 0): a plaintext client could not talk to it.
+    let mut redis = Command::new("redis-server")
+        .args([
+            "--port",
+            "0",
+            "--tls-port",
+            &rport.to_string(),
+            "--bind",
+            "127.0.0.1",
+        ])
+        .arg("--tls-cert-file")
+        .arg(p("redis.pem"))
+        .arg("--tls-key-file")
+        .arg(p("redis.key"))
+        .arg("--tls-ca-cert-file")
+        .arg(p("ca.pem"))
+        .args([
+            "--tls-auth-clients",
+            "no",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("redis-server");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", rport)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "redis-server (TLS) not up in 10 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let url = format!("rediss://localhost:{rport}");
+    // The private CA reaches the server the standard way (rustls' native
+    // roots read SSL_CERT_FILE).
+    let env = [("SSL_CERT_FILE", pki.path().join("ca.pem"))];
+    let env: Vec<(&str, &Path)> = env.iter().map(|(k, v)| (*k, v.as_path())).collect();
+    let repo = small_repo();
+    let (pa, pb_) = (free_port(), free_port());
+    let mut a = spawn_with_env(repo.path(), pa, &url, "50ms", None, &env);
+    let mut b = spawn_with_env(repo.path(), pb_, &url, "50ms", None, &env);
+    let mut ca = Client::new(a.wait_serving(&format!("http://127.0.0.1:{pa}")).await);
+    let mut cb = Client::new(b.wait_serving(&format!("http://127.0.0.1:{pb_}")).await);
+    let x = rand_vec(6 * I, 99);
+    let want = predict(&mut ca, &x).await;
+    let id = open_key(&mut ca, "over-tls").await.session_id;
+    let mut out = Vec::new();
+    for t in 0..3 {
+        out.extend(step_at(&mut ca, &id, &x, t).await.unwrap());
+    }
+    // Replica B has never seen it: it takes it over through the TLS Redis.
+    for t in 3..6 {
+        out.extend(
+            step_at(&mut cb, &id, &x, t)
+                .await
+                .unwrap_or_else(|s| panic!("step {t} on B over rediss://: {s:?}")),
+        );
+    }
+    assert_close("one history through rediss://", &out, &want);
+    a.terminate().await;
+    b.terminate().await;
+    let _ = redis.kill();
+    let _ = redis.wait();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
