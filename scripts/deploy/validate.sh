@@ -101,6 +101,11 @@ check("limits" in ctr["resources"] and "requests" in ctr["resources"], "containe
 
 port = int(cm["GRU_LISTEN"].rsplit(":", 1)[1])
 check(any(p["containerPort"] == port for p in ctr["ports"]), f"containerPort is GRU_LISTEN's port {port}")
+# Triton's ports: each named container port is its flag's port.
+named = {p["name"]: p["containerPort"] for p in ctr["ports"]}
+for var, name in (("GRU_HTTP_LISTEN", "http"), ("GRU_TRITON_GRPC_LISTEN", "triton-grpc")):
+    want = int(cm[var].rsplit(":", 1)[1])
+    check(named.get(name) == want, f"containerPort '{name}' is {var}'s port {want}")
 metrics_port = int(cm["GRU_METRICS_LISTEN"].rsplit(":", 1)[1])
 named = {p["name"]: p["containerPort"] for p in ctr["ports"]}
 for probe, path in (("readinessProbe", "/readyz"), ("livenessProbe", "/livez")):
@@ -130,7 +135,11 @@ check(headless["spec"].get("clusterIP") == "None", "gru-serve-headless is headle
 for svc in load(deploy / "service.yaml"):
     check(svc["spec"]["selector"].items() <= dep["spec"]["template"]["metadata"]["labels"].items(),
           f"Service {svc['metadata']['name']} selects the gru-serve pods")
-    check(all(p.get("appProtocol") == "grpc" for p in svc["spec"]["ports"]), f"Service {svc['metadata']['name']} says appProtocol grpc")
+    # The KServe v2 HTTP/JSON port is HTTP/1.1; every other port is gRPC.
+    check(all(p.get("appProtocol") == ("http" if p["name"] == "http" else "grpc") for p in svc["spec"]["ports"]),
+          f"Service {svc['metadata']['name']} says appProtocol grpc (http on its http port)")
+    check(all(p["targetPort"] in named or p["targetPort"] in named.values() for p in svc["spec"]["ports"]),
+          f"Service {svc['metadata']['name']} targets the container's ports")
 
 envoy = load(deploy / "envoy.yaml")[0]
 cluster = next(c for c in envoy["static_resources"]["clusters"] if c["name"] == "gru_serve")
