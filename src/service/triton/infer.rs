@@ -268,7 +268,9 @@ impl Triton {
     ) -> Result<Submitted, TritonError> {
         let started = Instant::now();
         let m = self.model(&req.model, &req.version)?;
-        let span = tracing::info_span!(
+        // Debug level, as gru.v1's per-step span: a stream carries thousands
+        // of requests a second; the RPC itself has its span at info.
+        let span = tracing::debug_span!(
             "triton_infer",
             model = %m.name,
             version = m.version,
