@@ -19,6 +19,7 @@ pub mod http;
 mod infer;
 pub mod model;
 pub mod pb;
+mod request;
 mod sequences;
 mod stats;
 pub mod tensor;
