@@ -597,17 +597,7 @@ async fn the_tenant_travels_with_the_session_between_replicas() {
     let repo = small_repo();
     let engine = || redis_engine(repo.path(), &redis);
     let (a, b) = (engine(), engine());
-    let (s, _) = a
-        .open_session(
-            "m",
-            None,
-            Some("k".into()),
-            Some("alice".into()),
-            None,
-            None,
-        )
-        .await
-        .unwrap();
+    let (s, _) = open_keyed(&a, "alice").await;
     let id = s.id.clone();
     drop(s);
     assert_eq!(a.flush_sessions().await.unwrap(), 1);
@@ -622,25 +612,12 @@ async fn the_tenant_travels_with_the_session_between_replicas() {
     }
     assert_eq!(b.live_sessions(), 0, "no takeover for another tenant");
     // Bob's key space is his own: the same key opens a new session for him.
-    let (bobs, created) = b
-        .open_session("m", None, Some("k".into()), Some("bob".into()), None, None)
-        .await
-        .unwrap();
+    let (bobs, created) = open_keyed(&b, "bob").await;
     assert!(created && bobs.id != id);
     // Alice reaches hers from replica B, by id and by key.
     let s = b.session(&id, Some("alice")).await.unwrap();
     assert_eq!(s.id, id);
-    let (again, created) = b
-        .open_session(
-            "m",
-            None,
-            Some("k".into()),
-            Some("alice".into()),
-            None,
-            None,
-        )
-        .await
-        .unwrap();
+    let (again, created) = open_keyed(&b, "alice").await;
     assert!(!created);
     assert_eq!(again.id, id);
     a.shutdown();
@@ -649,6 +626,16 @@ async fn the_tenant_travels_with_the_session_between_replicas() {
 
 /// An in-process engine on `redis` with no checkpoint task (the tests write
 /// with `flush_sessions`) and no takeover listener.
+/// Opens (or finds) `tenant`'s session with key "k" on model "m".
+async fn open_keyed(
+    e: &gru_serve::engine::Engine,
+    tenant: &str,
+) -> (std::sync::Arc<gru_serve::engine::Session>, bool) {
+    e.open_session("m", None, Some("k".into()), Some(tenant.into()), None, None)
+        .await
+        .unwrap()
+}
+
 fn redis_engine(models: &Path, redis: &Redis) -> gru_serve::engine::Engine {
     use gru_serve::engine::{Engine, EngineConfig, StoreConfig, StoreSpec};
     Engine::load(EngineConfig {
