@@ -77,6 +77,16 @@ fn compile_inference() {
     tonic_prost_build::configure()
         // Tests and tools call the server with the same generated client.
         .build_client(true)
+        // Tensor bytes as `Bytes`: decoded as a slice of the received
+        // buffer, not copied out of it.
+        .bytes(".inference.ModelInferRequest.raw_input_contents")
+        .bytes(".inference.ModelInferResponse.raw_output_contents")
+        // The stream's reply is coded by hand for speed:
+        // src/service/triton/wire.rs, same wire format.
+        .extern_path(
+            ".inference.ModelStreamInferResponse",
+            "crate::service::triton::wire::ModelStreamInferResponse",
+        )
         .compile_fds(fds)
         .expect("generate inference gRPC code");
 }

@@ -298,7 +298,7 @@ async fn state_in_seeds_a_sequence_state_out_reads_it_and_sequence_step_replays(
     start
         .inputs
         .push(input("STATE_IN", "FP32", vec![1, L as i64, H as i64]));
-    start.raw_input_contents.push(raw(&h0));
+    start.raw_input_contents.push(raw(&h0).into());
     let r1 = c.model_infer(start).await.unwrap().into_inner();
     assert_close("seeded step 0", &output(&r1, "OUTPUT"), &want[..O]);
     assert_eq!(output(&r1, "STATE_OUT").len(), L * H);
@@ -474,7 +474,7 @@ async fn refusals_carry_tritons_codes_and_leave_other_sequences_alone() {
             {
                 let mut r = seq_request(Some((1, false, false)), &row);
                 r.inputs[0].datatype = "FP64".into();
-                r.raw_input_contents = vec![vec![0; 8 * I]];
+                r.raw_input_contents = vec![vec![0u8; 8 * I].into()];
                 r
             },
             Code::InvalidArgument,
@@ -485,7 +485,7 @@ async fn refusals_carry_tritons_codes_and_leave_other_sequences_alone() {
             {
                 let mut r = seq_request(Some((1, false, false)), &row);
                 r.inputs[0].shape = vec![1, 1, I as i64 + 1];
-                r.raw_input_contents = vec![raw(&rand_vec(I + 1, 2))];
+                r.raw_input_contents = vec![raw(&rand_vec(I + 1, 2)).into()];
                 r
             },
             Code::InvalidArgument,

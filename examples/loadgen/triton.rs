@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use gru_serve::service::triton::pb as v2;
+use prost::bytes::Bytes;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -38,16 +39,16 @@ fn param(p: v2::infer_parameter::ParameterChoice) -> v2::InferParameter {
     }
 }
 
-/// A sequence request as tritonclient builds it.
-pub fn request(
-    model: &str,
-    id: u64,
-    start: bool,
-    k: usize,
-    inputs: &[f32],
-) -> v2::ModelInferRequest {
+/// The inputs as `raw_input_contents` carries them (little-endian FP32),
+/// encoded once: every request of a run sends the same rows.
+pub fn raw(inputs: &[f32]) -> Bytes {
+    inputs.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+/// A sequence request as tritonclient builds it; `raw` from [`raw`].
+pub fn request(model: &str, id: u64, start: bool, k: usize, raw: &Bytes) -> v2::ModelInferRequest {
     use v2::infer_parameter::ParameterChoice as P;
-    let cols = inputs.len() / k;
+    let cols = raw.len() / 4 / k;
     let mut parameters = HashMap::new();
     parameters.insert("sequence_id".to_string(), param(P::Int64Param(id as i64)));
     parameters.insert("sequence_start".to_string(), param(P::BoolParam(start)));
@@ -65,7 +66,7 @@ pub fn request(
             name: "OUTPUT".into(),
             ..Default::default()
         }],
-        raw_input_contents: vec![inputs.iter().flat_map(|v| v.to_le_bytes()).collect()],
+        raw_input_contents: vec![raw.clone()],
         ..Default::default()
     }
 }
@@ -81,7 +82,7 @@ pub async fn start_grpc(
     let mut starts = tokio::task::JoinSet::new();
     for s in 0..n {
         let mut c = client(chans[s % chans.len()].clone());
-        let (model, inputs) = (model.to_string(), inputs.clone());
+        let (model, inputs) = (model.to_string(), raw(&inputs));
         starts.spawn(async move {
             c.model_infer(request(&model, s as u64 + 1, true, k, &inputs))
                 .await
@@ -112,7 +113,8 @@ pub async fn run_grpc_stream(
         return o;
     }
     let (tx, rx) = mpsc::channel::<v2::ModelInferRequest>(seqs.len() + 1);
-    let msg = |s: usize| request(&model, seqs[s], false, k, &inputs);
+    let body = raw(&inputs);
+    let msg = |s: usize| request(&model, seqs[s], false, k, &body);
     let mut inflight: VecDeque<(usize, Instant)> = VecDeque::with_capacity(seqs.len());
     for s in 0..seqs.len() {
         let _ = tx.try_send(msg(s));

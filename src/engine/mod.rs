@@ -545,6 +545,21 @@ impl Engine {
         self.queue_step(session, input)
     }
 
+    /// [`Engine::submit_step`] for a session the caller holds (a Triton
+    /// sequence's, found by its key): queued without a store lookup while
+    /// it is live; otherwise the store answers as it always does.
+    pub fn submit_held_step(
+        &self,
+        session: &Arc<Session>,
+        owner: Option<&str>,
+        input: StepInput,
+    ) -> Result<PendingStep, EngineError> {
+        if self.still_live(session) {
+            return self.queue_step(session.clone(), input);
+        }
+        self.submit_step(&session.id, owner, input)
+    }
+
     /// Marks a cached session used now when the store would: not closed
     /// and not idle past the TTL.
     fn still_live(&self, s: &Session) -> bool {

@@ -98,7 +98,7 @@ fn decode_error(msg: &'static str) -> DecodeError {
 
 /// Little-endian floats, a block at a time (the per-value loop compiles to
 /// plain vector moves; `put_slice` is one bounds check per block).
-fn put_f32s(values: &[f32], buf: &mut impl BufMut) {
+pub(crate) fn put_f32s(values: &[f32], buf: &mut impl BufMut) {
     const BLOCK: usize = 1024;
     let mut tmp = [0u8; BLOCK * 4];
     for block in values.chunks(BLOCK) {

@@ -57,7 +57,7 @@ pub fn seq_request(seq: Option<(i64, bool, bool)>, rows: &[f32]) -> v2::ModelInf
         id: "r".into(),
         parameters,
         inputs: vec![input("INPUT", "FP32", vec![1, k, I as i64])],
-        raw_input_contents: vec![raw(rows)],
+        raw_input_contents: vec![raw(rows).into()],
         ..Default::default()
     }
 }

@@ -117,7 +117,7 @@ pub fn decode(r: pb::ModelInferRequest) -> Result<InferRequest, TritonError> {
 /// The response: outputs always as raw little-endian bytes (tritonclient
 /// reads numeric outputs only from `raw_output_contents`).
 pub fn encode(r: InferResponse) -> pb::ModelInferResponse {
-    let raw = r.outputs.iter().map(|t| t.raw()).collect();
+    let raw = r.outputs.iter().map(|t| t.raw().into()).collect();
     pb::ModelInferResponse {
         model_name: r.model,
         model_version: r.version.to_string(),
@@ -129,7 +129,7 @@ pub fn encode(r: InferResponse) -> pb::ModelInferResponse {
             .map(|t| pb::model_infer_response::InferOutputTensor {
                 name: t.name.to_string(),
                 datatype: "FP32".into(),
-                shape: t.shape,
+                shape: t.shape.to_vec(),
                 ..Default::default()
             })
             .collect(),
@@ -140,30 +140,17 @@ pub fn encode(r: InferResponse) -> pb::ModelInferResponse {
 fn stream_reply(
     r: Result<InferResponse, (TritonError, pb::ModelInferResponse)>,
 ) -> pb::ModelStreamInferResponse {
-    let final_response = || {
-        HashMap::from([(
-            "triton_final_response".to_string(),
-            pb::InferParameter {
-                parameter_choice: Some(pb::infer_parameter::ParameterChoice::BoolParam(true)),
-            },
-        )])
-    };
     match r {
-        Ok(ok) => {
-            let mut resp = encode(ok);
-            resp.parameters = final_response();
-            pb::ModelStreamInferResponse {
-                error_message: String::new(),
-                infer_response: Some(resp),
-            }
-        }
+        Ok(ok) => pb::ModelStreamInferResponse::reply(ok),
         Err((e, mut head)) => {
             metrics::counter!("gru_stream_message_errors_total", "code" => observe::code_name(e.code())).increment(1);
-            head.parameters = final_response();
-            pb::ModelStreamInferResponse {
-                error_message: e.message,
-                infer_response: Some(head),
-            }
+            head.parameters = HashMap::from([(
+                "triton_final_response".to_string(),
+                pb::InferParameter {
+                    parameter_choice: Some(pb::infer_parameter::ParameterChoice::BoolParam(true)),
+                },
+            )]);
+            pb::ModelStreamInferResponse::new(e.message, Some(head))
         }
     }
 }
@@ -233,7 +220,7 @@ impl GrpcInferenceService for TritonGrpc {
                 .map(|t| pb::model_metadata_response::TensorMetadata {
                     name: t.name.into(),
                     datatype: t.datatype.into(),
-                    shape: t.shape,
+                    shape: t.shape.to_vec(),
                 })
                 .collect()
         };

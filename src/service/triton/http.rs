@@ -22,7 +22,7 @@ use tonic::codegen::http;
 
 use super::error::{Kind, TritonError};
 use super::tensor::{decode_raw, Data, InTensor, OutTensor, Param};
-use super::{InferRequest, InferResponse, Triton};
+use super::{InferRequest, InferResponse, Params, Triton};
 use crate::service::auth::{Auth, Caller};
 
 /// The header giving the JSON part's length when binary data follows.
@@ -335,7 +335,7 @@ fn json_param(v: &Value) -> Option<Param> {
     })
 }
 
-fn params(v: Option<&Value>) -> HashMap<String, Param> {
+fn params(v: Option<&Value>) -> Params {
     v.and_then(Value::as_object)
         .map(|o| {
             o.iter()
@@ -489,7 +489,7 @@ fn encode(r: InferResponse, binary_out: &HashMap<String, bool>) -> Reply {
                 o["parameters"] = json!({"binary_data_size": raw.len()});
                 blobs.extend_from_slice(&raw);
             } else {
-                o["data"] = json!(t.data);
+                o["data"] = json!(t.data.as_slice());
             }
             o
         })
@@ -587,7 +587,7 @@ mod tests {
         let body = br#"{"id":"7","parameters":{"sequence_id":42,"sequence_start":true},
             "inputs":[{"name":"INPUT","datatype":"FP32","shape":[1,2,1],"data":[[[0.5],[1.5]]]}]}"#;
         let (r, _) = decode("m", "", &headers, body).unwrap();
-        assert_eq!(r.params["sequence_id"], Param::Int(42));
+        assert_eq!(r.params.get("sequence_id"), Some(&Param::Int(42)));
         assert_eq!(r.inputs[0].data, Data::F32(vec![0.5, 1.5]));
 
         let json = br#"{"inputs":[{"name":"INPUT","datatype":"FP32","shape":[1,2,1],"parameters":{"binary_data_size":8}}],"parameters":{"binary_data_output":true}}"#;

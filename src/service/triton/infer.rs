@@ -24,10 +24,10 @@ use super::model::{INPUT, OUTPUT, SEQUENCE_LENGTH, STATE_IN, STATE_OUT};
 use super::request::{
     collect_inputs, seq_params, shape_error, start_required, wanted, Inputs, SeqParams,
 };
-pub use super::request::{InferRequest, InferResponse};
+pub use super::request::{InferRequest, InferResponse, Params};
 use super::sequences::{Found, SeqKey};
 use super::stats::Timings;
-use super::tensor::OutTensor;
+use super::tensor::{Floats, OutTensor};
 use super::Triton;
 use crate::engine::{EngineError, HiddenState, PendingStep, PredictSeq, ServedModel, StepInput};
 use crate::service::observe;
@@ -300,7 +300,7 @@ impl Triton {
             )));
         }
         observe::note_session(&session.id);
-        let pending = match engine.submit_step(&session.id, owner, input) {
+        let pending = match engine.submit_held_step(&session, owner, input) {
             Ok(p) => p,
             Err(EngineError::SessionExpired { .. }) => {
                 self.sequences.expired(&key, &session.id);
@@ -357,26 +357,18 @@ impl Triton {
                     self.sequences.end(&key, &session_id);
                     let _ = engine.close_session(&session_id, owner).await;
                 }
-                let out = &reply.outcome;
+                // Read in place by the encoders: no copy of the outcome.
+                let out = reply.outcome;
                 (
-                    // Copied only when asked for (the rest is filtered below).
                     OutTensor {
                         name: OUTPUT,
-                        shape: vec![1, k as i64, o as i64],
-                        data: if s.wanted[0] {
-                            out.outputs.clone()
-                        } else {
-                            Vec::new()
-                        },
+                        shape: [1, k as i64, o as i64],
+                        data: Floats::Outputs(out.clone()),
                     },
                     OutTensor {
                         name: STATE_OUT,
-                        shape: vec![1, l as i64, h as i64],
-                        data: if s.wanted[1] {
-                            out.state.clone()
-                        } else {
-                            Vec::new()
-                        },
+                        shape: [1, l as i64, h as i64],
+                        data: Floats::State(out),
                     },
                     1,
                 )
@@ -393,13 +385,13 @@ impl Triton {
                 (
                     OutTensor {
                         name: OUTPUT,
-                        shape: vec![b as i64, t as i64, o as i64],
-                        data: y,
+                        shape: [b as i64, t as i64, o as i64],
+                        data: Floats::Owned(y),
                     },
                     OutTensor {
                         name: STATE_OUT,
-                        shape: vec![b as i64, l as i64, h as i64],
-                        data: out.states.concat(),
+                        shape: [b as i64, l as i64, h as i64],
+                        data: Floats::Owned(out.states.concat()),
                     },
                     b as u64,
                 )

@@ -23,9 +23,10 @@ mod request;
 mod sequences;
 mod stats;
 pub mod tensor;
+pub mod wire;
 
 pub use error::{Kind, TritonError};
-pub use infer::{InferRequest, InferResponse, Submitted};
+pub use infer::{InferRequest, InferResponse, Params, Submitted};
 
 /// Why the server is not ready (None when it is): the server layer's
 /// readiness (models loaded, not draining), handed down as a function so

@@ -3,6 +3,9 @@
 
 tonic::include_proto!("inference");
 
+/// Coded by hand (same wire format): see `wire.rs`.
+pub use super::wire::ModelStreamInferResponse;
+
 /// The encoded descriptor set, for server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/inference_descriptor.bin"));

@@ -3,7 +3,6 @@
 //! names and types, the outputs asked for, and Triton's texts for the
 //! refusals.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use super::error::TritonError;
@@ -19,7 +18,7 @@ pub struct InferRequest {
     pub version: String,
     /// Echoed in the response.
     pub id: String,
-    pub params: HashMap<String, Param>,
+    pub params: Params,
     pub inputs: Vec<InTensor>,
     /// The outputs asked for, by name; empty = all.
     pub outputs: Vec<String>,
@@ -33,6 +32,24 @@ pub struct InferResponse {
     pub outputs: Vec<OutTensor>,
 }
 
+/// A request's parameters, as the transport listed them (names are unique:
+/// both a protobuf map and a JSON object hold each once). A handful per
+/// request: a scan beats hashing them into a map.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Params(pub Vec<(String, Param)>);
+
+impl Params {
+    pub fn get(&self, name: &str) -> Option<&Param> {
+        self.0.iter().find(|(k, _)| k == name).map(|(_, v)| v)
+    }
+}
+
+impl FromIterator<(String, Param)> for Params {
+    fn from_iter<I: IntoIterator<Item = (String, Param)>>(iter: I) -> Self {
+        Params(iter.into_iter().collect())
+    }
+}
+
 /// The sequence parameters of a request.
 pub(super) struct SeqParams {
     pub(super) id: Option<SeqId>,
@@ -42,7 +59,7 @@ pub(super) struct SeqParams {
     pub(super) step: Option<u64>,
 }
 
-pub(super) fn flag(params: &HashMap<String, Param>, name: &str) -> Result<bool, TritonError> {
+pub(super) fn flag(params: &Params, name: &str) -> Result<bool, TritonError> {
     match params.get(name) {
         None => Ok(false),
         Some(Param::Bool(b)) => Ok(*b),
@@ -52,7 +69,7 @@ pub(super) fn flag(params: &HashMap<String, Param>, name: &str) -> Result<bool, 
     }
 }
 
-pub(super) fn seq_params(params: &HashMap<String, Param>) -> Result<SeqParams, TritonError> {
+pub(super) fn seq_params(params: &Params) -> Result<SeqParams, TritonError> {
     // Triton accepts int64 and string ids; uint64 too here (ids ≥ 2^63).
     let id = match params.get("sequence_id") {
         None | Some(Param::Int(0)) | Some(Param::UInt(0)) => None,
@@ -220,7 +237,7 @@ pub(super) fn start_required(
 mod tests {
     use super::*;
 
-    fn params(p: &[(&str, Param)]) -> HashMap<String, Param> {
+    fn params(p: &[(&str, Param)]) -> Params {
         p.iter().map(|(k, v)| (k.to_string(), v.clone())).collect()
     }
 

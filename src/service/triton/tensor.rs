@@ -4,7 +4,10 @@
 //! `SEQUENCE_LENGTH`; any other type is kept as its name, to be refused by
 //! the input it was sent for.
 
+use std::sync::Arc;
+
 use super::error::TritonError;
+use crate::engine::StepOutcome;
 
 /// A request parameter (`InferParameter` / a JSON value).
 #[derive(Debug, Clone, PartialEq)]
@@ -43,20 +46,47 @@ pub struct InTensor {
     pub data: Data,
 }
 
-/// One output of a response: FP32, row-major.
+/// One output of a response: FP32, row-major. Every output of the adapter
+/// is three-dimensional ([batch, T, O] or [batch, layers, hidden]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct OutTensor {
     pub name: &'static str,
-    pub shape: Vec<i64>,
-    pub data: Vec<f32>,
+    pub shape: [i64; 3],
+    pub data: Floats,
+}
+
+/// An output's values: a step's are read in place from the engine's
+/// outcome (shared with the session's kept reply), not copied.
+#[derive(Debug, Clone)]
+pub enum Floats {
+    Owned(Vec<f32>),
+    Outputs(Arc<StepOutcome>),
+    State(Arc<StepOutcome>),
+}
+
+impl Floats {
+    pub fn as_slice(&self) -> &[f32] {
+        match self {
+            Floats::Owned(v) => v,
+            Floats::Outputs(o) => &o.outputs,
+            Floats::State(o) => &o.state,
+        }
+    }
+}
+
+impl PartialEq for Floats {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_slice() == other.as_slice()
+    }
 }
 
 impl OutTensor {
     /// Little-endian bytes (`raw_output_contents`, HTTP binary data).
     pub fn raw(&self) -> Vec<u8> {
+        let data = self.data.as_slice();
         // Sized once and filled in place (vectorised; no growth checks).
-        let mut out = vec![0u8; self.data.len() * 4];
-        for (b, v) in out.chunks_exact_mut(4).zip(&self.data) {
+        let mut out = vec![0u8; data.len() * 4];
+        for (b, v) in out.chunks_exact_mut(4).zip(data) {
             b.copy_from_slice(&v.to_le_bytes());
         }
         out
@@ -152,9 +182,12 @@ mod tests {
         assert!(decode_raw("X", "FP32", &[-1], &[]).is_err());
         let out = OutTensor {
             name: "OUTPUT",
-            shape: vec![1],
-            data: vec![1.5],
+            shape: [1, 1, 2],
+            data: Floats::Owned(vec![1.5, -2.0]),
         };
-        assert_eq!(out.raw(), 1.5f32.to_le_bytes().to_vec());
+        assert_eq!(
+            out.raw(),
+            [1.5f32.to_le_bytes(), (-2f32).to_le_bytes()].concat()
+        );
     }
 }
