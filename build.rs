@@ -81,6 +81,11 @@ fn compile_inference() {
         // buffer, not copied out of it.
         .bytes(".inference.ModelInferRequest.raw_input_contents")
         .bytes(".inference.ModelInferResponse.raw_output_contents")
+        // Typed contents (nine vectors) boxed: unboxed, an input tensor is
+        // ~300 bytes and the decoder's first push of one allocates 1.2 kB,
+        // which sends glibc's malloc into a free-list consolidation on
+        // every request (perf, BENCHMARKS.md).
+        .boxed(".inference.ModelInferRequest.InferInputTensor.contents")
         // The stream's reply is coded by hand for speed:
         // src/service/triton/wire.rs, same wire format.
         .extern_path(

@@ -511,10 +511,10 @@ async fn refusals_carry_tritons_codes_and_leave_other_sequences_alone() {
             "raw and contents",
             {
                 let mut r = seq_request(None, &row);
-                r.inputs[0].contents = Some(v2::InferTensorContents {
+                r.inputs[0].contents = Some(Box::new(v2::InferTensorContents {
                     fp32_contents: row.clone(),
                     ..Default::default()
-                });
+                }));
                 r
             },
             Code::InvalidArgument,
@@ -562,10 +562,10 @@ async fn refusals_carry_tritons_codes_and_leave_other_sequences_alone() {
     // Typed contents work like raw, and a uint64 id past i64 is accepted.
     let mut typed = seq_request(None, &row);
     typed.raw_input_contents.clear();
-    typed.inputs[0].contents = Some(v2::InferTensorContents {
+    typed.inputs[0].contents = Some(Box::new(v2::InferTensorContents {
         fp32_contents: row.clone(),
         ..Default::default()
-    });
+    }));
     let t = c.model_infer(typed).await.unwrap().into_inner();
     let mut big = seq_request(None, &row);
     big.parameters.insert(

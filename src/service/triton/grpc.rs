@@ -14,7 +14,7 @@ use tonic::{Request, Response, Status, Streaming};
 use super::error::TritonError;
 use super::pb::{self, grpc_inference_service_server::GrpcInferenceService};
 use super::tensor::{decode_raw, Data, InTensor, Param};
-use super::{InferRequest, InferResponse, Submitted, Triton};
+use super::{Echo, InferRequest, InferResponse, Refused, Submitted, Triton};
 use crate::service::auth::{self, Caller};
 use crate::service::observe;
 use crate::service::stream::{next_message, Next};
@@ -59,9 +59,9 @@ fn param(p: pb::InferParameter) -> Option<Param> {
 }
 
 /// Typed `contents` of an input, by its datatype.
-fn typed(t: &pb::model_infer_request::InferInputTensor) -> Data {
-    let c = t.contents.clone().unwrap_or_default();
-    match t.datatype.as_str() {
+fn typed(datatype: &str, contents: Option<Box<pb::InferTensorContents>>) -> Data {
+    let c = contents.map(|c| *c).unwrap_or_default();
+    match datatype {
         "FP32" => Data::F32(c.fp32_contents),
         "INT32" => Data::Int(c.int_contents.into_iter().map(i64::from).collect()),
         "INT64" => Data::Int(c.int64_contents),
@@ -70,28 +70,66 @@ fn typed(t: &pb::model_infer_request::InferInputTensor) -> Data {
 }
 
 /// A `ModelInferRequest` as the core reads it.
-pub fn decode(r: pb::ModelInferRequest) -> Result<InferRequest, TritonError> {
+pub fn decode(mut r: pb::ModelInferRequest) -> Result<InferRequest, Refused> {
+    let refuse = |error, r: pb::ModelInferRequest| Refused {
+        error,
+        echo: Echo {
+            model: r.model_name,
+            version: r.model_version,
+            id: r.id,
+        },
+    };
     let raw = !r.raw_input_contents.is_empty();
     if raw && r.raw_input_contents.len() != r.inputs.len() {
-        return Err(TritonError::invalid(format!(
+        let e = TritonError::invalid(format!(
             "raw_input_contents has {} entries for {} inputs of model '{}'",
             r.raw_input_contents.len(),
             r.inputs.len(),
             r.model_name
-        )));
+        ));
+        return Err(refuse(e, r));
     }
-    let mut inputs = Vec::with_capacity(r.inputs.len());
-    for (n, t) in r.inputs.into_iter().enumerate() {
+    match tensors(
+        &r.model_name,
+        raw,
+        std::mem::take(&mut r.inputs),
+        &r.raw_input_contents,
+    ) {
+        Ok(inputs) => Ok(InferRequest {
+            model: r.model_name,
+            version: r.model_version,
+            id: r.id,
+            params: r
+                .parameters
+                .into_iter()
+                .filter_map(|(k, v)| param(v).map(|p| (k, p)))
+                .collect(),
+            inputs,
+            outputs: r.outputs.into_iter().map(|o| o.name).collect(),
+        }),
+        Err(e) => Err(refuse(e, r)),
+    }
+}
+
+/// The input tensors, from raw bytes or typed contents.
+fn tensors(
+    model: &str,
+    raw: bool,
+    tensors: Vec<pb::model_infer_request::InferInputTensor>,
+    raw_contents: &[prost::bytes::Bytes],
+) -> Result<Vec<InTensor>, TritonError> {
+    let mut inputs = Vec::with_capacity(tensors.len());
+    for (n, mut t) in tensors.into_iter().enumerate() {
         let data = if raw {
             if t.contents.is_some() {
                 return Err(TritonError::invalid(format!(
-                    "contents field must not be specified when using raw_input_contents for '{}' for model '{}'",
-                    t.name, r.model_name
+                    "contents field must not be specified when using raw_input_contents for '{}' for model '{model}'",
+                    t.name
                 )));
             }
-            decode_raw(&t.name, &t.datatype, &t.shape, &r.raw_input_contents[n])?
+            decode_raw(&t.name, &t.datatype, &t.shape, &raw_contents[n])?
         } else {
-            typed(&t)
+            typed(&t.datatype, t.contents.take())
         };
         inputs.push(InTensor {
             name: t.name,
@@ -100,18 +138,7 @@ pub fn decode(r: pb::ModelInferRequest) -> Result<InferRequest, TritonError> {
             data,
         });
     }
-    Ok(InferRequest {
-        model: r.model_name,
-        version: r.model_version,
-        id: r.id,
-        params: r
-            .parameters
-            .into_iter()
-            .filter_map(|(k, v)| param(v).map(|p| (k, p)))
-            .collect(),
-        inputs,
-        outputs: r.outputs.into_iter().map(|o| o.name).collect(),
-    })
+    Ok(inputs)
 }
 
 /// The response: outputs always as raw little-endian bytes (tritonclient
@@ -137,20 +164,27 @@ pub fn encode(r: InferResponse) -> pb::ModelInferResponse {
     }
 }
 
-fn stream_reply(
-    r: Result<InferResponse, (TritonError, pb::ModelInferResponse)>,
-) -> pb::ModelStreamInferResponse {
+fn stream_reply(r: Result<InferResponse, Refused>) -> pb::ModelStreamInferResponse {
     match r {
         Ok(ok) => pb::ModelStreamInferResponse::reply(ok),
-        Err((e, mut head)) => {
-            metrics::counter!("gru_stream_message_errors_total", "code" => observe::code_name(e.code())).increment(1);
-            head.parameters = HashMap::from([(
-                "triton_final_response".to_string(),
-                pb::InferParameter {
-                    parameter_choice: Some(pb::infer_parameter::ParameterChoice::BoolParam(true)),
-                },
-            )]);
-            pb::ModelStreamInferResponse::new(e.message, Some(head))
+        Err(Refused { error, echo }) => {
+            metrics::counter!("gru_stream_message_errors_total", "code" => observe::code_name(error.code())).increment(1);
+            // The echo of the request (model, version asked, id).
+            let head = pb::ModelInferResponse {
+                model_name: echo.model,
+                model_version: echo.version,
+                id: echo.id,
+                parameters: HashMap::from([(
+                    "triton_final_response".to_string(),
+                    pb::InferParameter {
+                        parameter_choice: Some(pb::infer_parameter::ParameterChoice::BoolParam(
+                            true,
+                        )),
+                    },
+                )]),
+                ..Default::default()
+            };
+            pb::ModelStreamInferResponse::new(error.message, Some(head))
         }
     }
 }
@@ -238,9 +272,13 @@ impl GrpcInferenceService for TritonGrpc {
         req: Request<pb::ModelInferRequest>,
     ) -> Rpc<pb::ModelInferResponse> {
         let owner = auth::tenant(&req);
-        let r = decode(req.into_inner())?;
-        let submitted = self.core.submit(owner.as_deref(), r).await?;
-        let done = self.core.finish(submitted).await?;
+        let r = decode(req.into_inner()).map_err(TritonError::from)?;
+        let submitted = self.core.submit(owner.as_deref(), r).await;
+        let done = self
+            .core
+            .finish(submitted.map_err(TritonError::from)?)
+            .await;
+        let done = done.map_err(TritonError::from)?;
         Ok(Response::new(encode(done)))
     }
 
@@ -385,16 +423,6 @@ impl GrpcInferenceService for TritonGrpc {
     }
 }
 
-/// The echo of a request in its error reply (model, version asked, id).
-fn head(r: &pb::ModelInferRequest) -> pb::ModelInferResponse {
-    pb::ModelInferResponse {
-        model_name: r.model_name.clone(),
-        model_version: r.model_version.clone(),
-        id: r.id.clone(),
-        ..Default::default()
-    }
-}
-
 /// One stream: the reader submits each request in arrival order (so a
 /// sequence's requests are applied in that order) and hands it to the
 /// writer, which finishes them and sends the replies in the same order. No
@@ -414,7 +442,7 @@ async fn pump(
     // Nearly every item is a Reply: boxing it would allocate per request.
     #[allow(clippy::large_enum_variant)]
     enum Item {
-        Reply(Result<Submitted, TritonError>, pb::ModelInferResponse),
+        Reply(Result<Submitted, Refused>),
         End(Status),
     }
     let (order_tx, mut order_rx) = mpsc::channel::<Item>(STREAM_MAX_IN_FLIGHT);
@@ -423,12 +451,12 @@ async fn pump(
         let _permit = permit;
         while let Some(item) = order_rx.recv().await {
             let reply = match item {
-                Item::Reply(submitted, echo) => {
+                Item::Reply(submitted) => {
                     let done = match submitted {
                         Ok(s) => writer_core.finish(s).await,
-                        Err(e) => Err(e),
+                        Err(refused) => Err(refused),
                     };
-                    Ok(stream_reply(done.map_err(|e| (e, echo))))
+                    Ok(stream_reply(done))
                 }
                 Item::End(s) => Err(s),
             };
@@ -447,14 +475,13 @@ async fn pump(
                 break;
             }
         };
-        let echo = head(&r);
         // Awaited here, before the next request is read: a stream's
         // requests for one sequence are applied in arrival order.
         let submitted = match decode(r) {
             Ok(r) => core.submit(owner.as_deref(), r).await,
             Err(e) => Err(e),
         };
-        if order_tx.send(Item::Reply(submitted, echo)).await.is_err() {
+        if order_tx.send(Item::Reply(submitted)).await.is_err() {
             break;
         }
     }

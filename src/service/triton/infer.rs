@@ -27,6 +27,7 @@ use super::request::{
 pub use super::request::{InferRequest, InferResponse, Params};
 use super::sequences::{Found, SeqKey};
 use super::stats::Timings;
+use super::tensor::InTensor;
 use super::tensor::{Floats, OutTensor};
 use super::Triton;
 use crate::engine::{EngineError, HiddenState, PendingStep, PredictSeq, ServedModel, StepInput};
@@ -47,9 +48,32 @@ enum Work {
     },
 }
 
+/// What a response echoes of its request: the model and version as asked,
+/// and the request id. Moved from the request, never copied: a refusal
+/// hands it back for the stream's in-band error.
+#[derive(Debug, Default)]
+pub struct Echo {
+    pub model: String,
+    pub version: String,
+    pub id: String,
+}
+
+/// A refused request and its echo.
+#[derive(Debug)]
+pub struct Refused {
+    pub error: TritonError,
+    pub echo: Echo,
+}
+
+impl From<Refused> for TritonError {
+    fn from(r: Refused) -> Self {
+        r.error
+    }
+}
+
 /// A request queued by [`Triton::submit`], for [`Triton::finish`].
 pub struct Submitted {
-    id: String,
+    echo: Echo,
     model: Arc<ServedModel>,
     owner: Option<String>,
     wanted: [bool; 2],
@@ -67,9 +91,21 @@ impl Triton {
         &self,
         owner: Option<&str>,
         req: InferRequest,
-    ) -> Result<Submitted, TritonError> {
+    ) -> Result<Submitted, Refused> {
         let started = Instant::now();
-        let m = self.model(&req.model, &req.version)?;
+        let InferRequest {
+            model,
+            version,
+            id,
+            params,
+            inputs,
+            outputs,
+        } = req;
+        let echo = Echo { model, version, id };
+        let m = match self.model(&echo.model, &echo.version) {
+            Ok(m) => m,
+            Err(error) => return Err(Refused { error, echo }),
+        };
         // Debug level, as gru.v1's per-step span: a stream carries thousands
         // of requests a second; the RPC itself has its span at info.
         let span = tracing::debug_span!(
@@ -81,26 +117,46 @@ impl Triton {
         );
         observe::note_model(&m.name, m.version);
         let r = self
-            .submit_to(&m, owner, req, started, span.clone())
-            .instrument(span)
+            .submit_to(
+                &m,
+                owner,
+                &echo.version,
+                (params, inputs, outputs),
+                span.clone(),
+            )
+            .instrument(span.clone())
             .await;
-        if r.is_err() {
-            self.stats.fail(&m.name, m.version, started.elapsed());
+        match r {
+            Ok((work, model, wanted)) => Ok(Submitted {
+                echo,
+                model,
+                owner: owner.map(str::to_string),
+                wanted,
+                started,
+                input_time: started.elapsed(),
+                work,
+                span,
+            }),
+            Err(error) => {
+                self.stats.fail(&m.name, m.version, started.elapsed());
+                Err(Refused { error, echo })
+            }
         }
-        r
     }
 
+    /// The work of a request, the model version that serves it and the
+    /// outputs it wants.
     async fn submit_to(
         &self,
         m: &Arc<ServedModel>,
         owner: Option<&str>,
-        req: InferRequest,
-        started: Instant,
+        version: &str,
+        (params, inputs, outputs): (Params, Vec<InTensor>, Vec<String>),
         span: tracing::Span,
-    ) -> Result<Submitted, TritonError> {
-        let mut p = seq_params(&req.params)?;
-        let wanted = wanted(&m.name, &req.outputs)?;
-        let inputs = collect_inputs(&m.name, req.inputs)?;
+    ) -> Result<(Work, Arc<ServedModel>, [bool; 2]), TritonError> {
+        let mut p = seq_params(&params)?;
+        let wanted = wanted(&m.name, &outputs)?;
+        let inputs = collect_inputs(&m.name, inputs)?;
         let work = match p.id.take() {
             None => self.predict_work(m, inputs)?,
             Some(id) => {
@@ -110,7 +166,7 @@ impl Triton {
                     model: m.name.clone(),
                     id,
                 };
-                let explicit = super::model::parse_version(&req.version)?;
+                let explicit = super::model::parse_version(version)?;
                 self.step_work(m, explicit, owner, key, &p, inputs).await?
             }
         };
@@ -118,16 +174,7 @@ impl Triton {
             Work::Step { pending, .. } => pending.session.model.clone(),
             Work::Predict { .. } => m.clone(),
         };
-        Ok(Submitted {
-            id: req.id,
-            model,
-            owner: owner.map(str::to_string),
-            wanted,
-            started,
-            input_time: started.elapsed(),
-            work,
-            span,
-        })
+        Ok((work, model, wanted))
     }
 
     fn predict_work(&self, m: &ServedModel, inputs: Inputs) -> Result<Work, TritonError> {
@@ -321,93 +368,39 @@ impl Triton {
     }
 
     /// Phase 2: awaits the work and builds the response.
-    pub async fn finish(&self, s: Submitted) -> Result<InferResponse, TritonError> {
+    pub async fn finish(&self, mut s: Submitted) -> Result<InferResponse, Refused> {
         let (model, started) = (s.model.clone(), s.started);
         let span = s.span.clone();
-        let r = self.finish_inner(s).instrument(span).await;
-        if r.is_err() {
-            self.stats
-                .fail(&model.name, model.version, started.elapsed());
+        let echo = std::mem::take(&mut s.echo);
+        match self.finish_inner(s, echo).instrument(span).await {
+            Ok(r) => Ok(r),
+            Err(refused) => {
+                self.stats
+                    .fail(&model.name, model.version, started.elapsed());
+                Err(refused)
+            }
         }
-        r
     }
 
-    async fn finish_inner(&self, s: Submitted) -> Result<InferResponse, TritonError> {
-        let engine = self.engine()?;
+    async fn finish_inner(&self, s: Submitted, echo: Echo) -> Result<InferResponse, Refused> {
         let m = s.model.clone();
-        let c = m.model.config();
-        let (o, l, h) = (c.output_dim(), c.num_layers, c.hidden_size);
         let infer_started = Instant::now();
-        let (outputs, state, batch) = match s.work {
-            Work::Step {
-                pending,
-                k,
-                key,
-                end,
-            } => {
-                let session_id = pending.session.id.clone();
-                let reply = pending.wait().await?;
-                let metrics = &m.worker.stats.metrics;
-                metrics
-                    .step_latency
-                    .record(s.started.elapsed().as_secs_f64());
-                metrics.steps.increment(k as u64);
-                let owner = s.owner.as_deref();
-                if end {
-                    self.sequences.end(&key, &session_id);
-                    let _ = engine.close_session(&session_id, owner).await;
-                }
-                // Read in place by the encoders: no copy of the outcome.
-                let out = reply.outcome;
-                (
-                    OutTensor {
-                        name: OUTPUT,
-                        shape: [1, k as i64, o as i64],
-                        data: Floats::Outputs(out.clone()),
-                    },
-                    OutTensor {
-                        name: STATE_OUT,
-                        shape: [1, l as i64, h as i64],
-                        data: Floats::State(out),
-                    },
-                    1,
-                )
-            }
-            Work::Predict { seqs, lens, t } => {
-                let b = seqs.len();
-                let out = engine.predict(&m.name, Some(m.version), seqs).await?;
-                observe::record_predict(&m.name, m.version, b, s.started.elapsed());
-                // Padded to T: rows past a sequence's length are zeros.
-                let mut y = vec![0f32; b * t * o];
-                for (n, (ys, len)) in out.outputs.iter().zip(&lens).enumerate() {
-                    y[n * t * o..(n * t + len) * o].copy_from_slice(ys);
-                }
-                (
-                    OutTensor {
-                        name: OUTPUT,
-                        shape: [b as i64, t as i64, o as i64],
-                        data: Floats::Owned(y),
-                    },
-                    OutTensor {
-                        name: STATE_OUT,
-                        shape: [b as i64, l as i64, h as i64],
-                        data: Floats::Owned(out.states.concat()),
-                    },
-                    b as u64,
-                )
-            }
+        let (tensors, batch) = match self.await_work(&m, s.work, s.started, &s.owner).await {
+            Ok(r) => r,
+            Err(error) => return Err(Refused { error, echo }),
         };
         let infer_time = infer_started.elapsed();
         let output_started = Instant::now();
-        let outputs = [outputs, state]
+        let outputs = tensors
             .into_iter()
             .zip(s.wanted)
             .filter_map(|(t, w)| w.then_some(t))
             .collect();
         let response = InferResponse {
-            model: m.name.clone(),
+            // The name as asked is the served name (looked up exactly).
+            model: echo.model,
             version: m.version,
-            id: s.id,
+            id: echo.id,
             outputs,
         };
         self.stats.success(
@@ -421,5 +414,79 @@ impl Triton {
             },
         );
         Ok(response)
+    }
+
+    /// The engine's answer as the two output tensors (OUTPUT, STATE_OUT),
+    /// and the inferences it carried.
+    async fn await_work(
+        &self,
+        m: &ServedModel,
+        work: Work,
+        started: Instant,
+        owner: &Option<String>,
+    ) -> Result<([OutTensor; 2], u64), TritonError> {
+        let engine = self.engine()?;
+        let c = m.model.config();
+        let (o, l, h) = (c.output_dim(), c.num_layers, c.hidden_size);
+        Ok(match work {
+            Work::Step {
+                pending,
+                k,
+                key,
+                end,
+            } => {
+                let session = pending.session.clone();
+                let reply = pending.wait().await?;
+                let metrics = &m.worker.stats.metrics;
+                metrics.step_latency.record(started.elapsed().as_secs_f64());
+                metrics.steps.increment(k as u64);
+                if end {
+                    self.sequences.end(&key, &session.id);
+                    let _ = engine.close_session(&session.id, owner.as_deref()).await;
+                }
+                // Read in place by the encoders: no copy of the outcome.
+                let out = reply.outcome;
+                (
+                    [
+                        OutTensor {
+                            name: OUTPUT,
+                            shape: [1, k as i64, o as i64],
+                            data: Floats::Outputs(out.clone()),
+                        },
+                        OutTensor {
+                            name: STATE_OUT,
+                            shape: [1, l as i64, h as i64],
+                            data: Floats::State(out),
+                        },
+                    ],
+                    1,
+                )
+            }
+            Work::Predict { seqs, lens, t } => {
+                let b = seqs.len();
+                let out = engine.predict(&m.name, Some(m.version), seqs).await?;
+                observe::record_predict(&m.name, m.version, b, started.elapsed());
+                // Padded to T: rows past a sequence's length are zeros.
+                let mut y = vec![0f32; b * t * o];
+                for (n, (ys, len)) in out.outputs.iter().zip(&lens).enumerate() {
+                    y[n * t * o..(n * t + len) * o].copy_from_slice(ys);
+                }
+                (
+                    [
+                        OutTensor {
+                            name: OUTPUT,
+                            shape: [b as i64, t as i64, o as i64],
+                            data: Floats::Owned(y),
+                        },
+                        OutTensor {
+                            name: STATE_OUT,
+                            shape: [b as i64, l as i64, h as i64],
+                            data: Floats::Owned(out.states.concat()),
+                        },
+                    ],
+                    b as u64,
+                )
+            }
+        })
     }
 }

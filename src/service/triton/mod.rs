@@ -26,7 +26,7 @@ pub mod tensor;
 pub mod wire;
 
 pub use error::{Kind, TritonError};
-pub use infer::{InferRequest, InferResponse, Params, Submitted};
+pub use infer::{Echo, InferRequest, InferResponse, Params, Refused, Submitted};
 
 /// Why the server is not ready (None when it is): the server layer's
 /// readiness (models loaded, not draining), handed down as a function so
