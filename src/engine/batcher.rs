@@ -428,23 +428,26 @@ fn scatter(ctx: &Ctx<'_>, live: &mut Vec<Live>, p: &Padded) {
             let _ = l.job.reply.send(Err(EngineError::SessionNotFound(id)));
             continue;
         }
-        let mut state = Vec::with_capacity(l_n * h);
-        for layer in 0..l_n {
-            state.extend_from_slice(&p.hn[(layer * b + r) * h..(layer * b + r + 1) * h]);
-        }
         let y0 = r * p.kmax * o;
         let next = l.start + k as u64;
-        let outcome = Arc::new(StepOutcome {
-            outputs: p.ys[y0..y0 + k * o].to_vec(),
-            start_step: l.start,
-            next_step: next,
-            state,
+        // The old reply's charge goes back before the new one is taken.
+        let old = d
+            .last
+            .take()
+            .and_then(|last| last.kept)
+            .map(|(o, _charge)| o);
+        let outcome = fill_outcome(old, |out| {
+            out.outputs.extend_from_slice(&p.ys[y0..y0 + k * o]);
+            for layer in 0..l_n {
+                out.state
+                    .extend_from_slice(&p.hn[(layer * b + r) * h..(layer * b + r + 1) * h]);
+            }
+            out.start_step = l.start;
+            out.next_step = next;
         });
         d.h.copy_from_slice(&outcome.state);
         d.step_index = next;
         d.unconfirmed = false;
-        // The old reply's charge goes back before the new one is taken.
-        d.last = None;
         let bytes = 4 * (outcome.outputs.len() + outcome.state.len()) as u64;
         d.last = Some(LastReply {
             start_step: l.start,
@@ -460,6 +463,27 @@ fn scatter(ctx: &Ctx<'_>, live: &mut Vec<Live>, p: &Padded) {
     }
     // Counted once per batch, not per message.
     ctx.stats.metrics.steps.increment(rows);
+}
+
+/// A step's outcome, written by `fill` into the session's previous one
+/// when nothing else holds it any more (its reply went out long before the
+/// session's next step, so in a steady stream it is always free): no
+/// allocation or free per step on the worker. Otherwise a new one.
+fn fill_outcome(
+    old: Option<Arc<StepOutcome>>,
+    fill: impl FnOnce(&mut StepOutcome),
+) -> Arc<StepOutcome> {
+    if let Some(mut shared) = old {
+        if let Some(o) = Arc::get_mut(&mut shared) {
+            o.outputs.clear();
+            o.state.clear();
+            fill(o);
+            return shared;
+        }
+    }
+    let mut o = StepOutcome::default();
+    fill(&mut o);
+    Arc::new(o)
 }
 
 /// Test hook (debug builds only): models whose next batch panics inside

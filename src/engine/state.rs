@@ -19,7 +19,7 @@ pub struct HiddenState {
 }
 
 /// The result of one step message.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct StepOutcome {
     /// [k × output] row-major.
     pub outputs: Vec<f32>,
