@@ -384,21 +384,23 @@ impl Triton {
 
     async fn finish_inner(&self, s: Submitted, echo: Echo) -> Result<InferResponse, Refused> {
         let m = s.model.clone();
-        let infer_started = Instant::now();
-        let (tensors, batch) = match self.await_work(&m, s.work, s.started, &s.owner).await {
+        let (tensors, batch, replied) = match self.await_work(&m, s.work, s.started, &s.owner).await
+        {
             Ok(r) => r,
             Err(error) => return Err(Refused { error, echo }),
         };
-        let infer_time = infer_started.elapsed();
-        let output_started = Instant::now();
         let outputs = tensors
             .into_iter()
             .zip(s.wanted)
             .filter_map(|(t, w)| w.then_some(t))
             .collect();
         let response = InferResponse {
-            // The name as asked is the served name (looked up exactly).
-            model: echo.model,
+            // The served name; the request's string is reused when equal.
+            model: if echo.model == m.name {
+                echo.model
+            } else {
+                m.name.clone()
+            },
             version: m.version,
             id: echo.id,
             outputs,
@@ -408,8 +410,9 @@ impl Triton {
             m.version,
             Timings {
                 input: s.input_time,
-                infer: infer_time,
-                output: output_started.elapsed(),
+                // From queued to answered: the engine's queue is its time.
+                infer: replied.saturating_duration_since(s.started + s.input_time),
+                output: replied.elapsed(),
                 batch,
             },
         );
@@ -417,14 +420,15 @@ impl Triton {
     }
 
     /// The engine's answer as the two output tensors (OUTPUT, STATE_OUT),
-    /// and the inferences it carried.
+    /// the inferences it carried and when it came (one clock read serves
+    /// the latency metric and the statistics).
     async fn await_work(
         &self,
         m: &ServedModel,
         work: Work,
         started: Instant,
         owner: &Option<String>,
-    ) -> Result<([OutTensor; 2], u64), TritonError> {
+    ) -> Result<([OutTensor; 2], u64, Instant), TritonError> {
         let engine = self.engine()?;
         let c = m.model.config();
         let (o, l, h) = (c.output_dim(), c.num_layers, c.hidden_size);
@@ -437,8 +441,11 @@ impl Triton {
             } => {
                 let session = pending.session.clone();
                 let reply = pending.wait().await?;
+                let replied = Instant::now();
                 let metrics = &m.worker.stats.metrics;
-                metrics.step_latency.record(started.elapsed().as_secs_f64());
+                metrics
+                    .step_latency
+                    .record((replied - started).as_secs_f64());
                 metrics.steps.increment(k as u64);
                 if end {
                     self.sequences.end(&key, &session.id);
@@ -460,12 +467,14 @@ impl Triton {
                         },
                     ],
                     1,
+                    replied,
                 )
             }
             Work::Predict { seqs, lens, t } => {
                 let b = seqs.len();
                 let out = engine.predict(&m.name, Some(m.version), seqs).await?;
-                observe::record_predict(&m.name, m.version, b, started.elapsed());
+                let replied = Instant::now();
+                observe::record_predict(&m.name, m.version, b, replied - started);
                 // Padded to T: rows past a sequence's length are zeros.
                 let mut y = vec![0f32; b * t * o];
                 for (n, (ys, len)) in out.outputs.iter().zip(&lens).enumerate() {
@@ -485,6 +494,7 @@ impl Triton {
                         },
                     ],
                     b as u64,
+                    replied,
                 )
             }
         })
