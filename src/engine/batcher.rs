@@ -538,3 +538,35 @@ fn compute(
     };
     forward_padded(model, xs, state, lengths)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn step(out: &mut StepOutcome, v: f32) {
+        out.outputs.extend_from_slice(&[v; 3]);
+        out.state.extend_from_slice(&[v; 2]);
+        out.start_step = v as u64;
+        out.next_step = v as u64 + 1;
+    }
+
+    #[test]
+    fn an_outcome_is_rewritten_in_place_only_when_nothing_else_holds_it() {
+        let first = fill_outcome(None, |o| step(o, 1.0));
+        let at = Arc::as_ptr(&first);
+        // Alone: the same allocation, its old values gone.
+        let second = fill_outcome(Some(first), |o| step(o, 2.0));
+        assert_eq!(Arc::as_ptr(&second), at);
+        assert_eq!(second.outputs, [2.0; 3]);
+        assert_eq!(second.state, [2.0; 2]);
+        assert_eq!((second.start_step, second.next_step), (2, 3));
+        // A reply still out (or a replay) holds it: a new outcome, and the
+        // held one keeps its values.
+        let held = second.clone();
+        let third = fill_outcome(Some(second), |o| step(o, 3.0));
+        assert_ne!(Arc::as_ptr(&third), Arc::as_ptr(&held));
+        assert_eq!(held.outputs, [2.0; 3]);
+        assert_eq!(third.outputs, [3.0; 3]);
+        assert_eq!(third.state, [3.0; 2]);
+    }
+}
