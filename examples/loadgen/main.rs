@@ -124,6 +124,9 @@ struct Args {
     /// In-process server: most sessions one batched step gathers.
     #[arg(long, default_value_t = 256)]
     max_batch: usize,
+    /// In-process server: how long a lightly loaded worker stays awake for the next step (0 = never).
+    #[arg(long, default_value = "200us", value_parser = gru_serve::config::units::parse_duration)]
+    worker_spin: std::time::Duration,
     /// In-process server: threads a large matmul may use (RAYON_NUM_THREADS).
     #[arg(long, default_value_t = 1)]
     compute_threads: usize,

@@ -83,6 +83,7 @@ impl InProcess {
         let mut config = gru_serve::server::ServerConfig::default();
         config.engine.model_dir = dir.path().to_path_buf();
         config.engine.max_batch = args.max_batch;
+        config.engine.worker_spin = args.worker_spin;
         config.engine.max_sessions = match args.idle_sessions {
             0 => args.sessions.max(1) * 2 + 16,
             idle => args.sessions + idle,

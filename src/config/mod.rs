@@ -209,6 +209,13 @@ pub struct Args {
     )]
     pub max_batch: usize,
 
+    /// How long a lightly loaded compute worker stays awake for the next
+    /// step before it sleeps (0 = never): a lone session's steps then skip
+    /// a thread wake-up (tens of µs). Used only while steps come that
+    /// fast; it costs CPU time then (mind CPU quotas).
+    #[arg(long, env = "GRU_WORKER_SPIN", default_value = "200us", value_name = "DURATION", value_parser = units::parse_duration, help_heading = "Batching and limits")]
+    pub worker_spin: Duration,
+
     /// Pending step requests per model version before RESOURCE_EXHAUSTED.
     #[arg(
         long,
@@ -531,6 +538,7 @@ impl Args {
                 max_sessions: self.max_sessions,
                 session_ttl: self.session_ttl,
                 max_batch: self.max_batch,
+                worker_spin: self.worker_spin,
                 queue_capacity: self.queue_capacity,
                 max_steps_per_message: self.max_steps_per_message,
                 max_predict_sequences: self.max_predict_sequences,

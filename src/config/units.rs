@@ -63,9 +63,19 @@ pub fn format_bytes(b: u64) -> String {
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let t = s.trim();
     let bad = || {
-        format!("'{s}': expected a duration like 30s, 500ms, 10m or 2h (a bare number is seconds)")
+        format!(
+            "'{s}': expected a duration like 30s, 500ms, 200us, 10m or 2h (a bare number is seconds)"
+        )
     };
-    let (num, secs_per_unit) = [("ms", 1e-3), ("s", 1.0), ("m", 60.0), ("h", 3600.0)]
+    let units = [
+        ("us", 1e-6),
+        ("µs", 1e-6),
+        ("ms", 1e-3),
+        ("s", 1.0),
+        ("m", 60.0),
+        ("h", 3600.0),
+    ];
+    let (num, secs_per_unit) = units
         .iter()
         .find_map(|(u, m)| t.strip_suffix(u).map(|n| (n.trim(), *m)))
         .unwrap_or((t, 1.0));
@@ -77,8 +87,12 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     }
 }
 
-/// The shortest exact form: `10m`, `30s`, `250ms`, `0s`.
+/// The shortest exact form: `10m`, `30s`, `250ms`, `200us`, `0s`.
 pub fn format_duration(d: Duration) -> String {
+    let us = d.as_micros();
+    if !us.is_multiple_of(1000) {
+        return format!("{us}us");
+    }
     let ms = d.as_millis();
     if !ms.is_multiple_of(1000) {
         return format!("{ms}ms");
@@ -154,5 +168,10 @@ mod tests {
         assert_eq!(format_duration(Duration::from_millis(250)), "250ms");
         assert_eq!(format_duration(Duration::from_secs(7200)), "2h");
         assert_eq!(format_duration(Duration::ZERO), "0s");
+        for s in ["200us", "200µs", "0.2ms"] {
+            assert_eq!(parse_duration(s), Ok(Duration::from_micros(200)), "{s}");
+        }
+        assert_eq!(format_duration(Duration::from_micros(200)), "200us");
+        assert_eq!(format_duration(Duration::from_micros(1500)), "1500us");
     }
 }

@@ -51,6 +51,9 @@ pub struct EngineConfig {
     pub session_ttl: Duration,
     /// Most session-steps one batched step may gather.
     pub max_batch: usize,
+    /// How long a lightly loaded compute worker waits awake for the next
+    /// step before it sleeps (zero: never); see `batcher::Spin`.
+    pub worker_spin: Duration,
     /// Bounded queue of pending requests per model worker.
     pub queue_capacity: usize,
     /// Most steps (rows) one step message may carry.
@@ -77,6 +80,7 @@ impl Default for EngineConfig {
             max_sessions: 100_000,
             session_ttl: Duration::from_secs(600),
             max_batch: 256,
+            worker_spin: Duration::from_micros(200),
             queue_capacity: 4096,
             max_steps_per_message: 4096,
             max_predict_sequences: 4096,

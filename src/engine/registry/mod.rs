@@ -295,6 +295,7 @@ impl Registry {
             format!("{name}/{version}"),
             model.clone(),
             self.config.max_batch,
+            self.config.worker_spin,
             self.config.queue_capacity,
             self.replies.clone(),
         )?;
