@@ -10,6 +10,7 @@ pub mod registry;
 pub mod replies;
 pub mod rows;
 pub mod sessions;
+mod spin;
 pub mod state;
 pub mod store;
 pub mod training;

@@ -48,7 +48,7 @@ pub struct InTensor {
 
 /// One output of a response: FP32, row-major. Every output of the adapter
 /// is three-dimensional ([batch, T, O] or [batch, layers, hidden]).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct OutTensor {
     pub name: &'static str,
     pub shape: [i64; 3],
@@ -71,12 +71,6 @@ impl Floats {
             Floats::Outputs(o) => &o.outputs,
             Floats::State(o) => &o.state,
         }
-    }
-}
-
-impl PartialEq for Floats {
-    fn eq(&self, other: &Self) -> bool {
-        self.as_slice() == other.as_slice()
     }
 }
 
