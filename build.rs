@@ -86,6 +86,11 @@ fn compile_inference() {
         // which sends glibc's malloc into a free-list consolidation on
         // every request (perf, BENCHMARKS.md).
         .boxed(".inference.ModelInferRequest.InferInputTensor.contents")
+        // Parameter maps as `BTreeMap`: a request carries three, and hashing
+        // their keys with SipHash was ~7 % of the stream's server CPU (perf,
+        // BENCHMARKS.md); a handful of short keys compare faster than they hash.
+        .btree_map(".inference.ModelInferRequest")
+        .btree_map(".inference.ModelInferResponse")
         // The stream's reply is coded by hand for speed:
         // src/service/triton/wire.rs, same wire format.
         .extern_path(

@@ -9,7 +9,7 @@
 //! - triton-http: one HTTP/1.1 keep-alive connection per sequence (HTTP/1.1
 //!   has no multiplexing), a JSON body as curl or a plain HTTP client sends.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -49,7 +49,7 @@ pub fn raw(inputs: &[f32]) -> Bytes {
 pub fn request(model: &str, id: u64, start: bool, k: usize, raw: &Bytes) -> v2::ModelInferRequest {
     use v2::infer_parameter::ParameterChoice as P;
     let cols = raw.len() / 4 / k;
-    let mut parameters = HashMap::new();
+    let mut parameters = BTreeMap::new();
     parameters.insert("sequence_id".to_string(), param(P::Int64Param(id as i64)));
     parameters.insert("sequence_start".to_string(), param(P::BoolParam(start)));
     parameters.insert("sequence_end".to_string(), param(P::BoolParam(false)));

@@ -184,7 +184,16 @@ impl Engine {
     /// Without one, or when held: nothing.
     pub async fn ensure_session(&self, id: &str, owner: Option<&str>) -> Result<(), EngineError> {
         if self.durable.is_shared() && !self.sessions.holds(id) {
-            store::adopt(&self.durable, &self.sessions, &self.registry, id, owner).await?;
+            // Boxed: streams await this for every message, and the
+            // takeover's future would size theirs (moved on every call).
+            Box::pin(store::adopt(
+                &self.durable,
+                &self.sessions,
+                &self.registry,
+                id,
+                owner,
+            ))
+            .await?;
         }
         Ok(())
     }

@@ -1,7 +1,7 @@
 //! KServe v2 / Triton requests on the small model (`server::small_repo`,
 //! model "m"), shared by triton.rs and durable_redis.rs.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 
 use gru_serve::service::triton::pb as v2;
 
@@ -46,7 +46,7 @@ pub fn input(
 /// sequence parameters when `seq` is given (both flags always sent).
 pub fn seq_request(seq: Option<(i64, bool, bool)>, rows: &[f32]) -> v2::ModelInferRequest {
     let k = (rows.len() / I) as i64;
-    let mut parameters = HashMap::new();
+    let mut parameters = BTreeMap::new();
     if let Some((id, start, end)) = seq {
         parameters.insert("sequence_id".to_string(), param_int(id));
         parameters.insert("sequence_start".to_string(), param_bool(start));

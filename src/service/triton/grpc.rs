@@ -2,7 +2,7 @@
 //! the stream share the core's two phases; the stream answers in request
 //! order, puts each request's error in `error_message` and stays open.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,7 +14,7 @@ use tonic::{Request, Response, Status, Streaming};
 use super::error::TritonError;
 use super::pb::{self, grpc_inference_service_server::GrpcInferenceService};
 use super::tensor::{decode_raw, Data, InTensor, Param};
-use super::{Echo, InferRequest, InferResponse, Refused, Submitted, Triton};
+use super::{Echo, InferRequest, InferResponse, Refused, Submit, Submitted, Triton};
 use crate::service::auth::{self, Caller};
 use crate::service::observe;
 use crate::service::stream::{next_message, Next};
@@ -149,7 +149,7 @@ pub fn encode(r: InferResponse) -> pb::ModelInferResponse {
         model_name: r.model,
         model_version: r.version.to_string(),
         id: r.id,
-        parameters: HashMap::new(),
+        parameters: Default::default(),
         outputs: r
             .outputs
             .into_iter()
@@ -174,7 +174,7 @@ fn stream_reply(r: Result<InferResponse, Refused>) -> pb::ModelStreamInferRespon
                 model_name: echo.model,
                 model_version: echo.version,
                 id: echo.id,
-                parameters: HashMap::from([(
+                parameters: BTreeMap::from([(
                     "triton_final_response".to_string(),
                     pb::InferParameter {
                         parameter_choice: Some(pb::infer_parameter::ParameterChoice::BoolParam(
@@ -477,8 +477,14 @@ async fn pump(
         };
         // Awaited here, before the next request is read: a stream's
         // requests for one sequence are applied in arrival order.
+        // The common case (a sequence held here) is queued without
+        // waiting, so only START and a sequence found through the store
+        // build the waiting future.
         let submitted = match decode(r) {
-            Ok(r) => core.submit(owner.as_deref(), r).await,
+            Ok(r) => match core.submit_now(owner.as_deref(), r) {
+                Submit::Done(s) => s,
+                Submit::Wait(w) => core.submit_wait(*w).await,
+            },
             Err(e) => Err(e),
         };
         if order_tx.send(Item::Reply(submitted)).await.is_err() {

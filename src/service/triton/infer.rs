@@ -5,7 +5,9 @@
 //! Two phases, like gru.v1's steps: [`Triton::submit`] queues the work on
 //! the model's worker and returns (its only waits are for the session store,
 //! to find a sequence this process does not hold), so a stream that awaits
-//! each submit in turn applies one sequence's requests in arrival order;
+//! each submit in turn applies one sequence's requests in arrival order
+//! (a stream calls [`Triton::submit_now`], which queues a held sequence's
+//! step without waiting, and [`Triton::submit_wait`] only when it must);
 //! [`Triton::finish`] awaits the reply, closes the session on END and builds
 //! the response.
 //!
@@ -21,20 +23,19 @@ use tracing::Instrument;
 
 use super::error::TritonError;
 use super::model::{INPUT, OUTPUT, SEQUENCE_LENGTH, STATE_IN, STATE_OUT};
-use super::request::{
-    collect_inputs, seq_params, shape_error, start_required, wanted, Inputs, SeqParams,
-};
+use super::request::{collect_inputs, seq_params, shape_error, wanted, Inputs};
 pub use super::request::{InferRequest, InferResponse, Params};
 use super::sequences::{Found, SeqKey};
 use super::stats::Timings;
+use super::step::StepPlan;
 use super::tensor::InTensor;
 use super::tensor::{Floats, OutTensor};
 use super::Triton;
-use crate::engine::{EngineError, HiddenState, PendingStep, PredictSeq, ServedModel, StepInput};
+use crate::engine::{HiddenState, PendingStep, PredictSeq, ServedModel};
 use crate::service::observe;
 
 /// The queued work of one request.
-enum Work {
+pub(super) enum Work {
     Step {
         pending: PendingStep,
         k: usize,
@@ -83,6 +84,62 @@ pub struct Submitted {
     span: tracing::Span,
 }
 
+impl Submitted {
+    fn new(
+        echo: Echo,
+        m: &Arc<ServedModel>,
+        owner: Option<&str>,
+        wanted: [bool; 2],
+        started: Instant,
+        work: Work,
+        span: tracing::Span,
+    ) -> Self {
+        // A step is served by its session's version, which a request
+        // naming no version did not choose.
+        let model = match &work {
+            Work::Step { pending, .. } => pending.session.model.clone(),
+            Work::Predict { .. } => m.clone(),
+        };
+        Submitted {
+            echo,
+            model,
+            owner: owner.map(str::to_string),
+            wanted,
+            started,
+            input_time: started.elapsed(),
+            work,
+            span,
+        }
+    }
+}
+
+/// [`Triton::submit_now`]'s answer: done, or waiting for the session store.
+// Done is nearly every request's answer: boxing it would allocate per request.
+#[allow(clippy::large_enum_variant)]
+pub enum Submit {
+    Done(Result<Submitted, Refused>),
+    /// START, or a sequence this process does not hold: its session is
+    /// opened or found by [`Triton::submit_wait`].
+    Wait(Box<Waiting>),
+}
+
+/// A checked sequence request whose session is yet to be opened or found.
+pub struct Waiting {
+    echo: Echo,
+    model: Arc<ServedModel>,
+    owner: Option<String>,
+    wanted: [bool; 2],
+    started: Instant,
+    span: tracing::Span,
+    step: StepPlan,
+}
+
+/// What the synchronous phase decided.
+enum Planned {
+    Ready(Work),
+    Wait(StepPlan),
+}
+
 impl Triton {
     /// Phase 1: validates `req` and queues its work. A caller that awaits
     /// each submit before the next makes its order the order a sequence's
@@ -92,6 +149,19 @@ impl Triton {
         owner: Option<&str>,
         req: InferRequest,
     ) -> Result<Submitted, Refused> {
+        match self.submit_now(owner, req) {
+            Submit::Done(r) => r,
+            Submit::Wait(w) => self.submit_wait(*w).await,
+        }
+    }
+
+    /// Phase 1 without waiting: a stateless request or a step of a sequence
+    /// held here (nearly every request of a stream) is queued now; START
+    /// and a sequence not held here wait for the store. A stream calls this
+    /// first so that its common case builds no future for the rare one
+    /// (moving that future was ~6 % of the stream's server CPU: perf,
+    /// BENCHMARKS.md).
+    pub fn submit_now(&self, owner: Option<&str>, req: InferRequest) -> Submit {
         let started = Instant::now();
         let InferRequest {
             model,
@@ -104,7 +174,7 @@ impl Triton {
         let echo = Echo { model, version, id };
         let m = match self.model(&echo.model, &echo.version) {
             Ok(m) => m,
-            Err(error) => return Err(Refused { error, echo }),
+            Err(error) => return Submit::Done(Err(Refused { error, echo })),
         };
         // Debug level, as gru.v1's per-step span: a stream carries thousands
         // of requests a second; the RPC itself has its span at info.
@@ -116,27 +186,54 @@ impl Triton {
             steps = tracing::field::Empty,
         );
         observe::note_model(&m.name, m.version);
-        let r = self
-            .submit_to(
-                &m,
-                owner,
-                &echo.version,
-                (params, inputs, outputs),
-                span.clone(),
-            )
-            .instrument(span.clone())
-            .await;
-        match r {
-            Ok((work, model, wanted)) => Ok(Submitted {
+        let planned =
+            span.in_scope(|| self.plan(&m, owner, &echo.version, (params, inputs, outputs), &span));
+        match planned {
+            Ok((Planned::Ready(work), wanted)) => Submit::Done(Ok(Submitted::new(
+                echo, &m, owner, wanted, started, work, span,
+            ))),
+            Ok((Planned::Wait(step), wanted)) => Submit::Wait(Box::new(Waiting {
                 echo,
-                model,
+                model: m,
                 owner: owner.map(str::to_string),
                 wanted,
                 started,
-                input_time: started.elapsed(),
+                span,
+                step,
+            })),
+            Err(error) => {
+                self.stats.fail(&m.name, m.version, started.elapsed());
+                Submit::Done(Err(Refused { error, echo }))
+            }
+        }
+    }
+
+    /// Phase 1's rest for a [`Submit::Wait`]: opens or finds the sequence's
+    /// session, then queues the step.
+    pub async fn submit_wait(&self, w: Waiting) -> Result<Submitted, Refused> {
+        let Waiting {
+            echo,
+            model: m,
+            owner,
+            wanted,
+            started,
+            span,
+            step,
+        } = w;
+        let r = self
+            .step_wait(&m, owner.as_deref(), step)
+            .instrument(span.clone())
+            .await;
+        match r {
+            Ok(work) => Ok(Submitted::new(
+                echo,
+                &m,
+                owner.as_deref(),
+                wanted,
+                started,
                 work,
                 span,
-            }),
+            )),
             Err(error) => {
                 self.stats.fail(&m.name, m.version, started.elapsed());
                 Err(Refused { error, echo })
@@ -144,21 +241,21 @@ impl Triton {
         }
     }
 
-    /// The work of a request, the model version that serves it and the
-    /// outputs it wants.
-    async fn submit_to(
+    /// The request checked against the model, and its work queued when no
+    /// wait is needed; the outputs it wants.
+    fn plan(
         &self,
         m: &Arc<ServedModel>,
         owner: Option<&str>,
         version: &str,
         (params, inputs, outputs): (Params, Vec<InTensor>, Vec<String>),
-        span: tracing::Span,
-    ) -> Result<(Work, Arc<ServedModel>, [bool; 2]), TritonError> {
+        span: &tracing::Span,
+    ) -> Result<(Planned, [bool; 2]), TritonError> {
         let mut p = seq_params(&params)?;
         let wanted = wanted(&m.name, &outputs)?;
         let inputs = collect_inputs(&m.name, inputs)?;
-        let work = match p.id.take() {
-            None => self.predict_work(m, inputs)?,
+        let planned = match p.id.take() {
+            None => Planned::Ready(self.predict_work(m, inputs)?),
             Some(id) => {
                 span.record("sequence_id", tracing::field::display(&id));
                 let key = SeqKey {
@@ -167,14 +264,18 @@ impl Triton {
                     id,
                 };
                 let explicit = super::model::parse_version(version)?;
-                self.step_work(m, explicit, owner, key, &p, inputs).await?
+                let step = self.step_plan(m, key, explicit, &p, inputs)?;
+                span.record("steps", step.k);
+                match step.start {
+                    true => Planned::Wait(step),
+                    false => match self.sequences.find(&step.key) {
+                        Found::Live(s) => Planned::Ready(self.held_step(m, owner, s, step)?),
+                        _ => Planned::Wait(step),
+                    },
+                }
             }
         };
-        let model = match &work {
-            Work::Step { pending, .. } => pending.session.model.clone(),
-            Work::Predict { .. } => m.clone(),
-        };
-        Ok((work, model, wanted))
+        Ok((planned, wanted))
     }
 
     fn predict_work(&self, m: &ServedModel, inputs: Inputs) -> Result<Work, TritonError> {
@@ -236,135 +337,6 @@ impl Triton {
             })
             .collect();
         Ok(Work::Predict { seqs, lens, t })
-    }
-
-    async fn step_work(
-        &self,
-        m: &Arc<ServedModel>,
-        explicit: Option<u64>,
-        owner: Option<&str>,
-        key: SeqKey,
-        p: &SeqParams,
-        inputs: Inputs,
-    ) -> Result<Work, TritonError> {
-        let engine = self.engine()?;
-        let c = m.model.config();
-        let (i, l, h) = (c.input_size, c.num_layers, c.hidden_size);
-        let (shape, values) = inputs.input;
-        if shape.len() == 3 && shape[0] != 1 {
-            return Err(TritonError::invalid(format!(
-                "inference request to model '{}' must specify batch-size 1 due to requirements of sequence batcher",
-                m.name
-            )));
-        }
-        if !(shape.len() == 3 && shape[1] >= 1 && shape[2] == i as i64) {
-            return Err(shape_error(INPUT, &m.name, &[1, -1, i as i64], &shape));
-        }
-        if inputs.lengths.is_some() {
-            return Err(TritonError::invalid(format!(
-                "input '{SEQUENCE_LENGTH}' is for stateless requests; a sequence request carries its k rows in '{INPUT}' [1, k, {i}]"
-            )));
-        }
-        let initial = match inputs.state {
-            Some(_) if !p.start => {
-                return Err(TritonError::invalid(format!(
-                    "input '{STATE_IN}' seeds a sequence: send it with sequence_start"
-                )))
-            }
-            Some((ss, v)) => {
-                let want = [1, l as i64, h as i64];
-                if ss != want && ss != want[1..] {
-                    return Err(shape_error(STATE_IN, &m.name, &want, &ss));
-                }
-                Some(HiddenState {
-                    layers: l,
-                    hidden: h,
-                    values: v,
-                })
-            }
-            None => None,
-        };
-        let k = shape[1] as usize;
-        let input = StepInput {
-            inputs: values,
-            rows: k,
-            cols: i,
-            start_step: p.step,
-        };
-        tracing::Span::current().record("steps", k);
-        // Formatted only when the session is looked up by key.
-        let skey = || key.session_key();
-        if p.start {
-            // Triton's START ends a live sequence of the same id and begins
-            // it anew. An unreachable shared store is no reason to refuse.
-            if let Ok(Some(old)) = engine.session_for_key(owner, &skey()).await {
-                let _ = engine.close_session(&old.id, owner).await;
-            }
-            let owned = owner.map(str::to_string);
-            let (session, _) = engine
-                .open_session(&m.name, Some(m.version), Some(skey()), owned, initial, None)
-                .await?;
-            observe::record_session_opened(&m.name, m.version);
-            observe::note_session(&session.id);
-            let pending = match engine.submit_step(&session.id, owner, input) {
-                Ok(p) => p,
-                Err(e) => {
-                    // The first step was refused: the sequence did not start.
-                    let _ = engine.close_session(&session.id, owner).await;
-                    return Err(e.into());
-                }
-            };
-            self.sequences.start(key.clone(), &session);
-            return Ok(Work::Step {
-                pending,
-                k,
-                key,
-                end: p.end,
-            });
-        }
-        let session = match self.sequences.find(&key) {
-            Found::Live(s) => s,
-            // Not held here: restored by the store after a restart, or held
-            // by another replica (taken over), or truly gone.
-            gone => match engine.session_for_key(owner, &skey()).await? {
-                Some(s) => {
-                    self.sequences.start(key.clone(), &s);
-                    s
-                }
-                None => {
-                    let ttl = matches!(gone, Found::Expired).then(|| engine.session_ttl());
-                    return Err(start_required(&key.id, &m.name, ttl));
-                }
-            },
-        };
-        if explicit.is_some_and(|v| v != session.model.version) {
-            return Err(TritonError::invalid(format!(
-                "sequence {} runs on version {} of model '{}'; this request names version {}",
-                key.id,
-                session.model.version,
-                m.name,
-                explicit.unwrap_or(0)
-            )));
-        }
-        observe::note_session(&session.id);
-        let pending = match engine.submit_held_step(&session, owner, input) {
-            Ok(p) => p,
-            Err(EngineError::SessionExpired { .. }) => {
-                self.sequences.expired(&key, &session.id);
-                return Err(start_required(&key.id, &m.name, Some(engine.session_ttl())));
-            }
-            Err(EngineError::SessionNotFound(_)) => {
-                self.sequences.end(&key, &session.id);
-                return Err(start_required(&key.id, &m.name, None));
-            }
-            Err(e) => return Err(e.into()),
-        };
-        Ok(Work::Step {
-            pending,
-            k,
-            key,
-            end: p.end,
-        })
     }
 
     /// Phase 2: awaits the work and builds the response.
@@ -449,7 +421,9 @@ impl Triton {
                 metrics.steps.increment(k as u64);
                 if end {
                     self.sequences.end(&key, &session.id);
-                    let _ = engine.close_session(&session.id, owner.as_deref()).await;
+                    // Boxed, as the predict below: the rare paths' futures
+                    // would otherwise size the one every reply awaits.
+                    let _ = Box::pin(engine.close_session(&session.id, owner.as_deref())).await;
                 }
                 // Read in place by the encoders: no copy of the outcome.
                 let out = reply.outcome;
@@ -472,7 +446,7 @@ impl Triton {
             }
             Work::Predict { seqs, lens, t } => {
                 let b = seqs.len();
-                let out = engine.predict(&m.name, Some(m.version), seqs).await?;
+                let out = Box::pin(engine.predict(&m.name, Some(m.version), seqs)).await?;
                 let replied = Instant::now();
                 observe::record_predict(&m.name, m.version, b, replied - started);
                 // Padded to T: rows past a sequence's length are zeros.

@@ -22,11 +22,12 @@ pub mod pb;
 mod request;
 mod sequences;
 mod stats;
+mod step;
 pub mod tensor;
 pub mod wire;
 
 pub use error::{Kind, TritonError};
-pub use infer::{Echo, InferRequest, InferResponse, Params, Refused, Submitted};
+pub use infer::{Echo, InferRequest, InferResponse, Params, Refused, Submit, Submitted, Waiting};
 
 /// Why the server is not ready (None when it is): the server layer's
 /// readiness (models loaded, not draining), handed down as a function so
