@@ -5,6 +5,7 @@ use std::sync::{Arc, OnceLock};
 
 use tokio::sync::{mpsc, Semaphore};
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
@@ -98,6 +99,10 @@ impl From<EngineError> for Status {
 /// still come back in order). Lets one stream carrying many sessions fill a
 /// batch, while bounding what one client can queue.
 pub const STREAM_MAX_IN_FLIGHT: usize = 256;
+
+/// A streaming RPC's replies, polled by the transport's task for the RPC.
+pub type ReplyStream<T> =
+    std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<T, Status>> + Send + 'static>>;
 
 pub struct GruServiceImpl {
     engine: Arc<OnceLock<Engine>>,
@@ -530,7 +535,7 @@ impl GruService for GruServiceImpl {
         ))
     }
 
-    type StepStreamStream = ReceiverStream<Result<pb::StepResponse, Status>>;
+    type StepStreamStream = ReplyStream<pb::StepResponse>;
 
     async fn step_stream(
         &self,
@@ -547,19 +552,20 @@ impl GruService for GruServiceImpl {
         let cancel = self.shutdown.clone();
         let owner = auth::tenant(&req);
         let mut inbound = req.into_inner();
-        let (out_tx, out_rx) = mpsc::channel(STREAM_MAX_IN_FLIGHT);
         // In-order replies: the reader queues each message on its worker
-        // and hands the pending reply to the writer, which awaits them in
-        // order. No task per message: the writer is the only one waiting, so
-        // a batch that answers many of this stream's messages wakes it once
-        // (a reply not yet awaited has no waker to call). The bounded queue
-        // caps the in-flight messages of this stream.
+        // and hands the pending reply to the response stream, which awaits
+        // them in order as the transport asks for the next. No task per
+        // message and no writer task: hyper's own task for the response is
+        // the only one waiting, so a batch that answers many of this
+        // stream's messages wakes it once (a reply not yet awaited has no
+        // waker to call), and the replies go straight to the encoder. The
+        // bounded queue caps the in-flight messages of this stream.
         enum Item {
             Step(SubmittedStep),
             Refused(Refused),
             End(Status),
         }
-        let (order_tx, mut order_rx) = mpsc::channel::<Item>(STREAM_MAX_IN_FLIGHT);
+        let (order_tx, order_rx) = mpsc::channel::<Item>(STREAM_MAX_IN_FLIGHT);
         let reader_cancel = cancel.clone();
         let idle = self.stream_idle_timeout;
         tokio::spawn(async move {
@@ -606,21 +612,20 @@ impl GruService for GruServiceImpl {
                 }
             }
         });
-        tokio::spawn(async move {
-            let _permit = permit;
-            while let Some(item) = order_rx.recv().await {
-                let out = match item {
+        // An error ends the RPC (tonic sends it as the trailers); the reader
+        // sends nothing after it.
+        let replies = ReceiverStream::new(order_rx).then(move |item| {
+            // The stream's permit lives as long as its replies do.
+            let _held = &permit;
+            async move {
+                match item {
                     Item::Step(s) => Ok(step_finish(s).await.unwrap_or_else(stream_error)),
                     Item::Refused(r) => Ok(stream_error(r)),
                     Item::End(s) => Err(s),
-                };
-                let end = out.is_err();
-                if out_tx.send(out).await.is_err() || end {
-                    break;
                 }
             }
         });
-        Ok(Response::new(ReceiverStream::new(out_rx)))
+        Ok(Response::new(Box::pin(replies)))
     }
 
     async fn get_session_state(

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, Semaphore};
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -18,6 +19,7 @@ use super::{Echo, InferRequest, InferResponse, Refused, Submit, Submitted, Trito
 use crate::service::auth::{self, Caller};
 use crate::service::observe;
 use crate::service::stream::{next_message, Next};
+use crate::service::ReplyStream;
 
 /// Requests of one stream in flight at once (replies still in order); the
 /// same bound as gru.v1's StepStream.
@@ -282,13 +284,13 @@ impl GrpcInferenceService for TritonGrpc {
         Ok(Response::new(encode(done)))
     }
 
-    type ModelStreamInferStream = ReceiverStream<Result<pb::ModelStreamInferResponse, Status>>;
+    type ModelStreamInferStream = ReplyStream<pb::ModelStreamInferResponse>;
 
     async fn model_stream_infer(
         &self,
         req: Request<Streaming<pb::ModelInferRequest>>,
     ) -> Rpc<Self::ModelStreamInferStream> {
-        // Held by the stream's writer task for the stream's life.
+        // Held by the stream's replies for the stream's life.
         let permit = self
             .streams
             .clone()
@@ -296,17 +298,31 @@ impl GrpcInferenceService for TritonGrpc {
             .map_err(|_| Status::resource_exhausted("too many open streams; retry later"))?;
         let owner = auth::tenant(&req);
         let inbound = req.into_inner();
-        let (out_tx, out_rx) = mpsc::channel(STREAM_MAX_IN_FLIGHT);
+        let (order_tx, order_rx) = mpsc::channel::<Item>(STREAM_MAX_IN_FLIGHT);
         tokio::spawn(pump(
             self.core.clone(),
             owner,
             inbound,
-            out_tx,
-            permit,
+            order_tx,
             self.shutdown.clone(),
             self.stream_idle_timeout,
         ));
-        Ok(Response::new(ReceiverStream::new(out_rx)))
+        // Each reply is awaited and encoded as the transport asks for the
+        // next, in request order (as gru.v1's StepStream: no writer task).
+        // An error ends the RPC; the reader sends nothing after it.
+        let core = self.core.clone();
+        let replies = ReceiverStream::new(order_rx).then(move |item| {
+            let _held = &permit;
+            let core = core.clone();
+            async move {
+                match item {
+                    Item::Reply(Ok(s)) => Ok(stream_reply(core.finish(s).await)),
+                    Item::Reply(Err(refused)) => Ok(stream_reply(Err(refused))),
+                    Item::End(s) => Err(s),
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(replies)))
     }
 
     async fn model_config(
@@ -423,49 +439,26 @@ impl GrpcInferenceService for TritonGrpc {
     }
 }
 
-/// One stream: the reader submits each request in arrival order (so a
-/// sequence's requests are applied in that order) and hands it to the
-/// writer, which finishes them and sends the replies in the same order. No
-/// task per request: the writer is the only one waiting, so a batch that
-/// answers many of this stream's requests wakes it once (as gru.v1's
-/// StepStream). Ends when the client does, at shutdown, or after the idle
-/// timeout.
+/// A queued request's reply, or the end of the stream.
+// Nearly every item is a Reply: boxing it would allocate per request.
+#[allow(clippy::large_enum_variant)]
+enum Item {
+    Reply(Result<Submitted, Refused>),
+    End(Status),
+}
+
+/// The stream's reader: decodes and queues each request in arrival order
+/// (a stream's requests for one sequence are applied in that order) and
+/// hands it to the replies. Ends when the client does, at shutdown, or
+/// after the idle timeout.
 async fn pump(
     core: Arc<Triton>,
     owner: Option<String>,
     mut inbound: Streaming<pb::ModelInferRequest>,
-    out: mpsc::Sender<Result<pb::ModelStreamInferResponse, Status>>,
-    permit: tokio::sync::OwnedSemaphorePermit,
+    order_tx: mpsc::Sender<Item>,
     cancel: CancellationToken,
     idle: Duration,
 ) {
-    // Nearly every item is a Reply: boxing it would allocate per request.
-    #[allow(clippy::large_enum_variant)]
-    enum Item {
-        Reply(Result<Submitted, Refused>),
-        End(Status),
-    }
-    let (order_tx, mut order_rx) = mpsc::channel::<Item>(STREAM_MAX_IN_FLIGHT);
-    let writer_core = core.clone();
-    let writer = tokio::spawn(async move {
-        let _permit = permit;
-        while let Some(item) = order_rx.recv().await {
-            let reply = match item {
-                Item::Reply(submitted) => {
-                    let done = match submitted {
-                        Ok(s) => writer_core.finish(s).await,
-                        Err(refused) => Err(refused),
-                    };
-                    Ok(stream_reply(done))
-                }
-                Item::End(s) => Err(s),
-            };
-            let end = reply.is_err();
-            if out.send(reply).await.is_err() || end {
-                break;
-            }
-        }
-    });
     loop {
         let r = match next_message(&mut inbound, &cancel, idle, ("request", "sequences")).await {
             Next::Message(r) => r,
@@ -475,11 +468,9 @@ async fn pump(
                 break;
             }
         };
-        // Awaited here, before the next request is read: a stream's
-        // requests for one sequence are applied in arrival order.
-        // The common case (a sequence held here) is queued without
-        // waiting, so only START and a sequence found through the store
-        // build the waiting future.
+        // Queued before the next request is read. The common case (a
+        // sequence held here) is queued without waiting, so only START and
+        // a sequence found through the store build the waiting future.
         let submitted = match decode(r) {
             Ok(r) => match core.submit_now(owner.as_deref(), r) {
                 Submit::Done(s) => s,
@@ -491,6 +482,4 @@ async fn pump(
             break;
         }
     }
-    drop(order_tx);
-    let _ = writer.await;
 }
