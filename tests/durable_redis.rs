@@ -2,7 +2,7 @@
 //! here on a free loopback port): takeover after a crash, fencing when two
 //! replicas touch one session, Redis going away and coming back, and a bad
 //! store URL refused at start; a Triton sequence moving between replicas by
-//! its id. Balancers in front of replicas: tests/balancers.rs.
+//! its id; a replica without a session's model leaving it to its owner. Balancers in front of replicas: tests/balancers.rs.
 
 #![cfg(feature = "grpc")]
 
@@ -584,6 +584,65 @@ async fn a_stale_replicas_write_is_refused_and_its_copy_dropped() {
     b.step(&id, None, row(2)).await.unwrap();
     assert_eq!(b.flush_sessions().await.unwrap(), 0);
     assert_eq!(b.live_sessions(), 0);
+    a.shutdown();
+    b.shutdown();
+}
+
+/// A replica that does not serve a session's model refuses it (naming the
+/// model) without taking it over: the owner keeps its copy and its epoch,
+/// so its next write is accepted and its next step needs no takeover.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_without_the_model_refuses_a_session_and_leaves_it_to_its_owner() {
+    use gru_serve::engine::{EngineError, StepInput};
+    let redis = Redis::start_on(free_port());
+    let repo = small_repo();
+    let elsewhere = tempfile::TempDir::new().unwrap();
+    common::server::write_model(
+        elsewhere.path(),
+        "n",
+        1,
+        gru_serve::model::ModelConfig::new(3, 8, 2).with_head(2),
+        7,
+    );
+    let a = redis_engine(repo.path(), &redis);
+    let b = redis_engine(elsewhere.path(), &redis);
+    let x = rand_vec(2 * I, 4);
+    let row = |t: usize| StepInput {
+        inputs: x[t * I..(t + 1) * I].to_vec(),
+        rows: 1,
+        cols: I,
+        start_step: Some(t as u64),
+    };
+    let (s, _) = a
+        .open_session("m", None, None, None, None, None)
+        .await
+        .unwrap();
+    let id = s.id.clone();
+    drop(s);
+    a.step(&id, None, row(0)).await.unwrap();
+    assert_eq!(a.flush_sessions().await.unwrap(), 1);
+    for attempt in 0..2 {
+        let refused = match attempt {
+            0 => b.session(&id, None).await.map(|_| ()),
+            _ => b.step(&id, None, row(1)).await.map(|_| ()),
+        };
+        match refused {
+            Err(e @ EngineError::SessionModelNotServed { .. }) => {
+                assert!(e.to_string().contains("'m'"), "names the model: {e}")
+            }
+            other => panic!("attempt {attempt}: want SessionModelNotServed, got {other:?}"),
+        }
+    }
+    assert_eq!(b.live_sessions(), 0);
+    // A was not fenced out: it steps its own copy and its write is taken.
+    a.step(&id, None, row(1)).await.unwrap();
+    assert_eq!(a.live_sessions(), 1);
+    assert_eq!(
+        a.flush_sessions().await.unwrap(),
+        1,
+        "A's write is accepted"
+    );
+    assert_eq!(a.live_sessions(), 1, "and its copy kept");
     a.shutdown();
     b.shutdown();
 }

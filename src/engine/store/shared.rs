@@ -263,6 +263,21 @@ impl RedisStore {
         self.seen(r, "claim")
     }
 
+    /// The stored snapshot of `id` for this tenant, read without taking it
+    /// over (None when Redis does not hold it for this tenant).
+    pub async fn peek_snapshot(&self, id: &str, tenant: &[u8]) -> Result<Option<Vec<u8>>, String> {
+        let mut c = self.conn.clone();
+        let r: redis::RedisResult<(Option<Vec<u8>>, Option<String>)> = redis::cmd("HMGET")
+            .arg(session_key(id))
+            .arg("snap")
+            .arg("tenant")
+            .query_async(&mut c)
+            .await;
+        self.seen(r, "peek").map(|(snap, stored_tenant)| {
+            snap.filter(|_| stored_tenant.unwrap_or_default() == hex(tenant))
+        })
+    }
+
     /// The id a tenant's key names in Redis, if any.
     pub async fn lookup_key(&self, tenant: &[u8], key: &str) -> Result<Option<String>, String> {
         let mut c = self.conn.clone();

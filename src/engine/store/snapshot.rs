@@ -67,6 +67,25 @@ pub enum RestoreError {
 /// A snapshot back into a session ready for [`crate::engine::SessionStore::restore`]:
 /// its model must be served, its shapes the model's, its values finite.
 /// `epoch` overrides the stored one (a takeover has just raised it).
+/// The served model version a snapshot runs on, or why there is none here.
+pub fn served_model(
+    registry: &Registry,
+    snap: &pb::SessionSnapshot,
+) -> Result<Arc<ServedModel>, EngineError> {
+    registry
+        .get(&snap.model, Some(snap.version))
+        .map_err(|e| match e {
+            EngineError::ModelNotFound(_) | EngineError::VersionNotFound { .. } => {
+                EngineError::SessionModelNotServed {
+                    session: snap.session_id.clone(),
+                    model: snap.model.clone(),
+                    version: snap.version,
+                }
+            }
+            other => other,
+        })
+}
+
 pub fn restore(
     registry: &Registry,
     snap: pb::SessionSnapshot,
@@ -77,19 +96,7 @@ pub fn restore(
         return Err(RestoreError::Format(snap.format));
     }
     ids::check_id("session_id", &snap.session_id)?;
-    let model: Arc<ServedModel> =
-        registry
-            .get(&snap.model, Some(snap.version))
-            .map_err(|e| match e {
-                EngineError::ModelNotFound(_) | EngineError::VersionNotFound { .. } => {
-                    EngineError::SessionModelNotServed {
-                        session: snap.session_id.clone(),
-                        model: snap.model.clone(),
-                        version: snap.version,
-                    }
-                }
-                other => other,
-            })?;
+    let model = served_model(registry, &snap)?;
     let c = model.model.config();
     let size = c.num_layers * c.hidden_size;
     if snap.layers as usize != c.num_layers

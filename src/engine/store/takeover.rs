@@ -101,6 +101,19 @@ pub async fn adopt(
     let tenant_hash = tenant.map(owner_hash).unwrap_or_default();
     let ttl = sessions.ttl();
     let started = Instant::now();
+    // A replica that does not serve the session's model must not take it:
+    // the handoff would make the owner let go and the claim would fence it
+    // out, for a session this replica then cannot serve. Checked on the
+    // stored copy first (one read), so the owner is never disturbed.
+    if let Some(bytes) = r
+        .peek_snapshot(id, &tenant_hash)
+        .await
+        .map_err(|e| durable.unavailable(id, e))?
+    {
+        if let Ok(snap) = pb::SessionSnapshot::decode(bytes.as_slice()) {
+            snapshot::served_model(registry, &snap)?;
+        }
+    }
     handoff(durable, r, id).await;
     let Some((epoch, bytes)) = r
         .claim(id, &tenant_hash, ttl)
@@ -111,11 +124,19 @@ pub async fn adopt(
     };
     let snap = pb::SessionSnapshot::decode(bytes.as_slice())
         .map_err(|e| EngineError::Internal(format!("stored session '{id}' is undecodable: {e}")))?;
-    let restored = snapshot::restore(registry, snap, Some(epoch), ttl).map_err(|e| match e {
-        snapshot::RestoreError::Engine(e) => e,
-        snapshot::RestoreError::Expired(_) => EngineError::SessionNotFound(id.to_string()),
-        other => EngineError::Internal(format!("stored session '{id}': {other}")),
-    })?;
+    let restored = match snapshot::restore(registry, snap, Some(epoch), ttl) {
+        Ok(r) => r,
+        Err(e) => {
+            // Claimed but not restorable here: let go, so the next replica
+            // to ask takes it at once rather than waiting for a handoff.
+            let _ = r.release(id).await;
+            return Err(match e {
+                snapshot::RestoreError::Engine(e) => e,
+                snapshot::RestoreError::Expired(_) => EngineError::SessionNotFound(id.to_string()),
+                other => EngineError::Internal(format!("stored session '{id}': {other}")),
+            });
+        }
+    };
     sessions.restore(restored)?;
     metrics::counter!("gru_session_takeovers_total", "result" => "taken").increment(1);
     metrics::histogram!("gru_session_takeover_seconds").record(started.elapsed().as_secs_f64());
