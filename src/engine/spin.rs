@@ -5,8 +5,6 @@ use std::collections::VecDeque;
 use std::sync::mpsc::{Receiver, TryRecvError};
 use std::time::{Duration, Instant};
 
-use super::batcher::StepJob;
-
 /// Waiting awake for the next job, when that pays. After a batch of at
 /// most [`Spin::SMALL`] jobs the worker is lightly loaded, and a lone
 /// session's next step comes within a round trip; waking a sleeping thread
@@ -36,10 +34,10 @@ impl Spin {
 
     /// Polls for a job until `idle_from + limit` when spinning pays; true
     /// when one came (or the queue closed: the next `recv` says so).
-    pub(super) fn wait(
+    pub(super) fn wait<T>(
         &mut self,
-        rx: &Receiver<StepJob>,
-        pending: &mut VecDeque<StepJob>,
+        rx: &Receiver<T>,
+        pending: &mut VecDeque<T>,
         idle_from: Instant,
     ) -> bool {
         if self.limit.is_zero() || !self.pays || self.last_batch > Self::SMALL {
@@ -77,7 +75,7 @@ mod tests {
 
     #[test]
     fn the_worker_spins_only_while_lightly_loaded_and_while_waits_are_short() {
-        let (tx, rx) = sync_channel::<StepJob>(4);
+        let (tx, rx) = sync_channel::<u32>(4);
         let mut pending = VecDeque::new();
         // Off: never polls.
         let mut off = Spin::new(Duration::ZERO);

@@ -27,27 +27,12 @@ use super::request::{collect_inputs, seq_params, shape_error, wanted, Inputs};
 pub use super::request::{InferRequest, InferResponse, Params};
 use super::sequences::{Found, SeqKey};
 use super::stats::Timings;
-use super::step::StepPlan;
+use super::step::{StepPlan, Work};
 use super::tensor::InTensor;
 use super::tensor::{Floats, OutTensor};
 use super::Triton;
-use crate::engine::{HiddenState, PendingStep, PredictSeq, ServedModel};
+use crate::engine::{HiddenState, PredictSeq, ServedModel};
 use crate::service::observe;
-
-/// The queued work of one request.
-pub(super) enum Work {
-    Step {
-        pending: PendingStep,
-        k: usize,
-        key: SeqKey,
-        end: bool,
-    },
-    Predict {
-        seqs: Vec<PredictSeq>,
-        lens: Vec<usize>,
-        t: usize,
-    },
-}
 
 /// What a response echoes of its request: the model and version as asked,
 /// and the request id. Moved from the request, never copied: a refusal

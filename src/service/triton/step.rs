@@ -5,13 +5,30 @@
 use std::sync::Arc;
 
 use super::error::TritonError;
-use super::infer::Work;
 use super::model::{INPUT, SEQUENCE_LENGTH, STATE_IN};
 use super::request::{shape_error, start_required, Inputs, SeqParams};
 use super::sequences::{Found, SeqKey};
 use super::Triton;
-use crate::engine::{EngineError, HiddenState, ServedModel, Session, StepInput};
+use crate::engine::{
+    EngineError, HiddenState, PendingStep, PredictSeq, ServedModel, Session, StepInput,
+};
 use crate::service::observe;
+
+/// The queued work of one request: a sequence's step (queued here) or a
+/// stateless forward (`infer.rs`).
+pub(super) enum Work {
+    Step {
+        pending: PendingStep,
+        k: usize,
+        key: SeqKey,
+        end: bool,
+    },
+    Predict {
+        seqs: Vec<PredictSeq>,
+        lens: Vec<usize>,
+        t: usize,
+    },
+}
 
 /// A sequence request, checked against the model.
 pub(super) struct StepPlan {
