@@ -161,7 +161,8 @@ async fn a_missing_model_dir_is_not_serving_with_a_reason_until_it_appears() {
     let deadline = Instant::now() + Duration::from_secs(30);
     let o = loop {
         let o = health(&["--addr", &format!("127.0.0.1:{port}")]);
-        if stdout(&o).starts_with("NOT_SERVING") || Instant::now() > deadline {
+        // Until the engine has loaded, the reason is that it is loading.
+        if stdout(&o).starts_with("NOT_SERVING: no model") || Instant::now() > deadline {
             break o;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;

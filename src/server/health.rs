@@ -120,9 +120,11 @@ pub async fn probe_health(
         .await
     {
         Ok(r) if r.get_ref().models.is_empty() => Some(
-            "no model is loaded: the server's model directory holds none yet (its log names the directory)",
+            "no model is loaded: the server's model directory holds none yet (its log names the directory)".to_string(),
         ),
-        Ok(_) => Some("models are loaded but the server is shutting down (draining)"),
+        Ok(_) => Some("models are loaded but the server is shutting down (draining)".to_string()),
+        // Still starting: the server says so ("models are still loading").
+        Err(s) if s.code() == tonic::Code::Unavailable => Some(s.message().to_string()),
         Err(_) => None,
     };
     Ok(Health::NotServing(why))
@@ -133,7 +135,7 @@ pub async fn probe_health(
 pub enum Health {
     Serving,
     /// With the reason when the server told it.
-    NotServing(Option<&'static str>),
+    NotServing(Option<String>),
 }
 
 /// An error and its sources on one line: tonic's own text is often just
