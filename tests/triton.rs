@@ -626,6 +626,77 @@ fn file_store_config(repo: &std::path::Path, state: &std::path::Path) -> ServerC
     config
 }
 
+/// `--max-streams` holds for ModelStreamInfer as for StepStream: with a cap
+/// of 1 a second stream is RESOURCE_EXHAUSTED while the first is open, and
+/// one opens again once the first has ended (the permit lives with the
+/// stream's replies, not with a task of its own).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stream_cap_holds_for_model_stream_infer_until_a_stream_ends() {
+    let dir = small_repo();
+    let mut config = config_for(dir.path());
+    config.max_streams = 1;
+    let s = TestServer::start(config).await;
+    s.wait_serving().await;
+    let mut c = v2_client(&s);
+    let (tx, rx) = mpsc::channel(4);
+    let mut first = c
+        .model_stream_infer(ReceiverStream::new(rx))
+        .await
+        .expect("the first stream opens")
+        .into_inner();
+    tx.send(seq_request(Some((7, true, false)), &rand_vec(I, 1)))
+        .await
+        .unwrap();
+    let r = tokio::time::timeout(WAIT, first.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .expect("a reply");
+    assert_eq!(r.error_message, "", "{r:?}");
+    let (_tx2, rx2) = mpsc::channel::<v2::ModelInferRequest>(4);
+    let refused = expect_err(
+        "a second stream over the cap",
+        c.model_stream_infer(ReceiverStream::new(rx2)).await,
+    );
+    assert_status(
+        "a second stream",
+        &refused,
+        Code::ResourceExhausted,
+        &["too many open streams"],
+    );
+    drop(tx);
+    let end = tokio::time::timeout(WAIT, first.message()).await.unwrap();
+    assert!(matches!(end, Ok(None)), "{end:?}");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (tx3, rx3) = mpsc::channel(4);
+        match c.model_stream_infer(ReceiverStream::new(rx3)).await {
+            Ok(st) => {
+                let mut st = st.into_inner();
+                tx3.send(seq_request(Some((7, false, true)), &rand_vec(I, 2)))
+                    .await
+                    .unwrap();
+                let r = tokio::time::timeout(WAIT, st.message())
+                    .await
+                    .unwrap()
+                    .unwrap()
+                    .expect("a reply");
+                assert_eq!(r.error_message, "", "the sequence goes on: {r:?}");
+                break;
+            }
+            Err(e) => {
+                assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "the ended stream's permit was never released"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+    s.stop().await;
+}
+
 /// Steps sequence `id` one row at a time over gRPC v2; its outputs.
 async fn v2_steps(c: &mut V2, id: i64, rows: &[f32], start: bool) -> Vec<f32> {
     let mut out = Vec::new();
