@@ -542,26 +542,13 @@ async fn one_stream_carries_sessions_opened_on_another_replica() {
 /// its own diverging steps are never stored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stale_replicas_write_is_refused_and_its_copy_dropped() {
-    use gru_serve::engine::StepInput;
     let redis = Redis::start_on(free_port());
     let repo = small_repo();
     let engine = || redis_engine(repo.path(), &redis);
     let (a, b) = (engine(), engine());
     let x = rand_vec(3 * I, 3);
-    let row = |t: usize| StepInput {
-        inputs: x[t * I..(t + 1) * I].to_vec(),
-        rows: 1,
-        cols: I,
-        start_step: Some(t as u64),
-    };
-    let (s, _) = a
-        .open_session("m", None, None, None, None, None)
-        .await
-        .unwrap();
-    let id = s.id.clone();
-    drop(s);
-    a.step(&id, None, row(0)).await.unwrap();
-    assert_eq!(a.flush_sessions().await.unwrap(), 1);
+    let row = |t: usize| one_row(&x, t);
+    let id = stepped_and_stored(&a, row(0)).await;
     // B takes it over (epoch 2) and steps; A, unaware, steps its own copy.
     b.step(&id, None, row(1)).await.unwrap();
     b.flush_sessions().await.unwrap();
@@ -593,7 +580,7 @@ async fn a_stale_replicas_write_is_refused_and_its_copy_dropped() {
 /// so its next write is accepted and its next step needs no takeover.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_without_the_model_refuses_a_session_and_leaves_it_to_its_owner() {
-    use gru_serve::engine::{EngineError, StepInput};
+    use gru_serve::engine::EngineError;
     let redis = Redis::start_on(free_port());
     let repo = small_repo();
     let elsewhere = tempfile::TempDir::new().unwrap();
@@ -607,20 +594,8 @@ async fn a_replica_without_the_model_refuses_a_session_and_leaves_it_to_its_owne
     let a = redis_engine(repo.path(), &redis);
     let b = redis_engine(elsewhere.path(), &redis);
     let x = rand_vec(2 * I, 4);
-    let row = |t: usize| StepInput {
-        inputs: x[t * I..(t + 1) * I].to_vec(),
-        rows: 1,
-        cols: I,
-        start_step: Some(t as u64),
-    };
-    let (s, _) = a
-        .open_session("m", None, None, None, None, None)
-        .await
-        .unwrap();
-    let id = s.id.clone();
-    drop(s);
-    a.step(&id, None, row(0)).await.unwrap();
-    assert_eq!(a.flush_sessions().await.unwrap(), 1);
+    let row = |t: usize| one_row(&x, t);
+    let id = stepped_and_stored(&a, row(0)).await;
     for attempt in 0..2 {
         let refused = match attempt {
             0 => b.session(&id, None).await.map(|_| ()),
@@ -681,6 +656,33 @@ async fn the_tenant_travels_with_the_session_between_replicas() {
     assert_eq!(again.id, id);
     a.shutdown();
     b.shutdown();
+}
+
+/// Row `t` of `x` as a one-step message at step index `t`.
+fn one_row(x: &[f32], t: usize) -> gru_serve::engine::StepInput {
+    gru_serve::engine::StepInput {
+        inputs: x[t * I..(t + 1) * I].to_vec(),
+        rows: 1,
+        cols: I,
+        start_step: Some(t as u64),
+    }
+}
+
+/// A session of model "m" opened on `e`, stepped with `first` and written to
+/// the store; its id.
+async fn stepped_and_stored(
+    e: &gru_serve::engine::Engine,
+    first: gru_serve::engine::StepInput,
+) -> String {
+    let (s, _) = e
+        .open_session("m", None, None, None, None, None)
+        .await
+        .unwrap();
+    let id = s.id.clone();
+    drop(s);
+    e.step(&id, None, first).await.unwrap();
+    assert_eq!(e.flush_sessions().await.unwrap(), 1);
+    id
 }
 
 /// An in-process engine on `redis` with no checkpoint task (the tests write

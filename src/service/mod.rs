@@ -4,8 +4,6 @@
 use std::sync::{Arc, OnceLock};
 
 use tokio::sync::{mpsc, Semaphore};
-use tokio_stream::wrappers::ReceiverStream;
-use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
@@ -102,9 +100,7 @@ impl From<EngineError> for Status {
 /// batch, while bounding what one client can queue.
 pub const STREAM_MAX_IN_FLIGHT: usize = 256;
 
-/// A streaming RPC's replies, polled by the transport's task for the RPC.
-pub type ReplyStream<T> =
-    std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<T, Status>> + Send + 'static>>;
+pub use stream::ReplyStream;
 
 pub struct GruServiceImpl {
     engine: Arc<OnceLock<Engine>>,
@@ -446,20 +442,18 @@ impl GruService for GruServiceImpl {
                 }
             }
         });
-        // An error ends the RPC (tonic sends it as the trailers); the reader
-        // sends nothing after it.
-        let replies = ReceiverStream::new(order_rx).then(move |item| {
-            // The stream's permit lives as long as its replies do.
-            let _held = &permit;
-            async move {
+        // The reader sends nothing after an End.
+        Ok(Response::new(stream::replies(
+            order_rx,
+            permit,
+            |item| async move {
                 match item {
                     Item::Step(s) => Ok(step_finish(s).await.unwrap_or_else(stream_error)),
                     Item::Refused(r) => Ok(stream_error(r)),
                     Item::End(s) => Err(s),
                 }
-            }
-        });
-        Ok(Response::new(Box::pin(replies)))
+            },
+        )))
     }
 
     async fn get_session_state(

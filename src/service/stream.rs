@@ -1,10 +1,42 @@
-//! The reading half of a bidirectional stream, shared by gru.v1's StepStream
-//! and Triton's ModelStreamInfer: the next message, or why the stream ends.
+//! The two halves of a bidirectional stream, shared by gru.v1's StepStream
+//! and Triton's ModelStreamInfer: the next message, or why the stream ends;
+//! and the replies, in request order.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::time::Duration;
 
+use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt};
 use tokio_util::sync::CancellationToken;
 use tonic::{Status, Streaming};
+
+/// A streaming RPC's replies, polled by the transport's task for the RPC.
+pub type ReplyStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+/// A stream's replies: each item the reader queued, in order, turned into
+/// its reply by `reply` as the transport asks for the next. No writer task:
+/// hyper's task for the response is the only one waiting, so a batch that
+/// answers many of the stream's messages wakes it once. `permit` (the
+/// stream cap) is held as long as the replies are. An `Err` ends the RPC
+/// (tonic sends it as the trailers).
+pub fn replies<I, T, F, Fut>(
+    order: mpsc::Receiver<I>,
+    permit: OwnedSemaphorePermit,
+    mut reply: F,
+) -> ReplyStream<T>
+where
+    I: Send + 'static,
+    T: Send + 'static,
+    F: FnMut(I) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<T, Status>> + Send + 'static,
+{
+    Box::pin(ReceiverStream::new(order).then(move |item| {
+        let _held = &permit;
+        reply(item)
+    }))
+}
 
 pub enum Next<T> {
     Message(T),

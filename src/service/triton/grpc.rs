@@ -7,8 +7,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, Semaphore};
-use tokio_stream::wrappers::ReceiverStream;
-use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -18,8 +16,7 @@ use super::tensor::{decode_raw, Data, InTensor, Param};
 use super::{Echo, InferRequest, InferResponse, Refused, Submit, Submitted, Triton};
 use crate::service::auth::{self, Caller};
 use crate::service::observe;
-use crate::service::stream::{next_message, Next};
-use crate::service::ReplyStream;
+use crate::service::stream::{next_message, replies, Next, ReplyStream};
 
 /// Requests of one stream in flight at once (replies still in order); the
 /// same bound as gru.v1's StepStream.
@@ -307,12 +304,10 @@ impl GrpcInferenceService for TritonGrpc {
             self.shutdown.clone(),
             self.stream_idle_timeout,
         ));
-        // Each reply is awaited and encoded as the transport asks for the
-        // next, in request order (as gru.v1's StepStream: no writer task).
-        // An error ends the RPC; the reader sends nothing after it.
+        // Replies in request order, as gru.v1's StepStream; the reader sends
+        // nothing after an End.
         let core = self.core.clone();
-        let replies = ReceiverStream::new(order_rx).then(move |item| {
-            let _held = &permit;
+        Ok(Response::new(replies(order_rx, permit, move |item| {
             let core = core.clone();
             async move {
                 match item {
@@ -321,8 +316,7 @@ impl GrpcInferenceService for TritonGrpc {
                     Item::End(s) => Err(s),
                 }
             }
-        });
-        Ok(Response::new(Box::pin(replies)))
+        })))
     }
 
     async fn model_config(
