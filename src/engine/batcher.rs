@@ -222,11 +222,7 @@ struct Scratch {
     seen: HashSet<*const SessionState>,
     live: Vec<Live>,
     lengths: Vec<usize>,
-    /// A batch's replies, sent once its steps are counted.
-    replies: Vec<(Reply, StepReply)>,
 }
-
-type Reply = oneshot::Sender<Result<StepReply, EngineError>>;
 
 fn run(ctx: Ctx<'_>, rx: Receiver<StepJob>, max_batch: usize, spin: Duration) {
     let Ctx { model, stats, .. } = ctx;
@@ -403,7 +399,7 @@ fn run_batch(ctx: &Ctx<'_>, sc: &mut Scratch) {
         })
     });
     match computed {
-        Ok(p) => scatter(ctx, &mut sc.live, &mut sc.replies, &p),
+        Ok(p) => scatter(ctx, &mut sc.live, &p),
         Err(EngineError::WorkerPanicked { .. }) => {
             for l in sc.live.drain(..) {
                 let _ = l.job.reply.send(Err(EngineError::WorkerPanicked {
@@ -426,11 +422,10 @@ fn run_batch(ctx: &Ctx<'_>, sc: &mut Scratch) {
 /// Writes each computed job's new h and step index into its session, keeps
 /// its reply for retries and answers it. Rows are copied from the batch's
 /// outputs straight into the outcome; h is overwritten in place.
-fn scatter(ctx: &Ctx<'_>, live: &mut Vec<Live>, replies: &mut Vec<(Reply, StepReply)>, p: &Padded) {
+fn scatter(ctx: &Ctx<'_>, live: &mut Vec<Live>, p: &Padded) {
     let c = ctx.model.config();
     let (h, l_n, o) = (c.hidden_size, c.num_layers, c.output_dim());
     let b = live.len();
-    let mut rows = 0u64;
     for (r, l) in live.drain(..).enumerate() {
         let _enter = l.job.span.enter();
         let k = l.job.input.rows;
@@ -468,20 +463,13 @@ fn scatter(ctx: &Ctx<'_>, live: &mut Vec<Live>, replies: &mut Vec<(Reply, StepRe
             kept: ctx.replies.charge(bytes).map(|c| (outcome.clone(), c)),
         });
         drop(d);
-        rows += k as u64;
-        replies.push((
-            l.job.reply,
-            StepReply {
-                outcome,
-                replayed: false,
-            },
-        ));
-    }
-    // Counted once per batch, not per message, and before any reply goes:
-    // a client that has its reply finds its steps in the metrics.
-    ctx.stats.metrics.steps.increment(rows);
-    for (reply, r) in replies.drain(..) {
-        let _ = reply.send(Ok(r));
+        // Counted before the reply goes: a client that has its reply finds
+        // its steps in the metrics.
+        ctx.stats.metrics.steps.increment(k as u64);
+        let _ = l.job.reply.send(Ok(StepReply {
+            outcome,
+            replayed: false,
+        }));
     }
 }
 

@@ -97,7 +97,7 @@ pub(super) fn step_submit(
 }
 
 /// Phase 2: await the worker's reply and build the response. The step
-/// counter is the worker's (once per batch); the latency is per message.
+/// counter is the worker's (before the reply goes); the latency is per message.
 pub(super) async fn step_finish(s: SubmittedStep) -> Result<pb::StepResponse, Refused> {
     let SubmittedStep {
         session_id,
