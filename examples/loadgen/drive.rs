@@ -150,16 +150,7 @@ pub async fn drive(
             Protocol::TritonGrpc => tasks.spawn(async move {
                 tokio::time::sleep_until(start.into()).await;
                 let seqs = sess.iter().map(|s| s.parse().unwrap_or(0)).collect();
-                triton::run_grpc_stream(
-                    triton::client(ch),
-                    model,
-                    seqs,
-                    k,
-                    inputs,
-                    window,
-                    out_cols,
-                )
-                .await
+                triton::run_grpc_stream(ch, model, seqs, k, inputs, window, out_cols).await
             }),
             Protocol::TritonHttp => {
                 // One connection per sequence: HTTP/1.1 does not multiplex.

@@ -15,12 +15,16 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use gru_serve::service::triton::pb as v2;
-use prost::bytes::Bytes;
+use prost::bytes::{BufMut, Bytes};
+use prost::Message;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::codec::{Codec, EncodeBuf, Encoder};
+use tonic::codegen::http::uri::PathAndQuery;
 use tonic::transport::Channel;
+use tonic_prost::ProstDecoder;
 
 use crate::stream::{StreamOutcome, Window};
 use crate::BoxError;
@@ -96,11 +100,70 @@ pub async fn start_grpc(
     Ok(())
 }
 
+/// The stream's codec. A request goes out as the bytes prost encoded once
+/// for its sequence (every request of a sequence is the same), a reply is
+/// read into [`Reply`], which keeps what the loop looks at and lets prost
+/// skip the names, datatype and parameters. The bytes on the wire are the
+/// generated client's; its per-message strings, maps and their decoding
+/// made this client ~1.5 µs a message dearer than gru.v1's on the same two
+/// cores (BENCHMARKS.md), CPU the server under test then lacked.
+#[derive(Clone, Copy, Default)]
+struct Lean;
+
+impl Codec for Lean {
+    type Encode = Bytes;
+    type Decode = Reply;
+    type Encoder = Pre;
+    type Decoder = ProstDecoder<Reply>;
+    fn encoder(&mut self) -> Pre {
+        Pre
+    }
+    fn decoder(&mut self) -> ProstDecoder<Reply> {
+        ProstDecoder::default()
+    }
+}
+
+/// Writes a request encoded beforehand.
+struct Pre;
+
+impl Encoder for Pre {
+    type Item = Bytes;
+    type Error = tonic::Status;
+    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+/// `ModelStreamInferResponse`, the fields the loop reads (same tags).
+#[derive(Clone, PartialEq, prost::Message)]
+struct Reply {
+    #[prost(string, tag = "1")]
+    error_message: String,
+    #[prost(message, optional, tag = "2")]
+    infer_response: Option<ReplyBody>,
+}
+
+/// `ModelInferResponse`: the outputs' shapes and their bytes.
+#[derive(Clone, PartialEq, prost::Message)]
+struct ReplyBody {
+    #[prost(message, repeated, tag = "5")]
+    outputs: Vec<ReplyOutput>,
+    #[prost(bytes = "bytes", repeated, tag = "6")]
+    raw_output_contents: Vec<Bytes>,
+}
+
+/// `ModelInferResponse.InferOutputTensor`: its shape.
+#[derive(Clone, PartialEq, prost::Message)]
+struct ReplyOutput {
+    #[prost(int64, repeated, tag = "3")]
+    shape: Vec<i64>,
+}
+
 /// One ModelStreamInfer stream: its sequences in a closed loop. Replies come
 /// in request order, so a FIFO pairs them with their send times.
-#[allow(clippy::too_many_arguments)]
 pub async fn run_grpc_stream(
-    mut c: V2,
+    ch: Channel,
     model: String,
     seqs: Vec<u64>,
     k: usize,
@@ -112,15 +175,27 @@ pub async fn run_grpc_stream(
     if seqs.is_empty() {
         return o;
     }
-    let (tx, rx) = mpsc::channel::<v2::ModelInferRequest>(seqs.len() + 1);
+    let (tx, rx) = mpsc::channel::<Bytes>(seqs.len() + 1);
     let body = raw(&inputs);
-    let msg = |s: usize| request(&model, seqs[s], false, k, &body);
+    let msgs: Vec<Bytes> = seqs
+        .iter()
+        .map(|&id| request(&model, id, false, k, &body).encode_to_vec().into())
+        .collect();
     let mut inflight: VecDeque<(usize, Instant)> = VecDeque::with_capacity(seqs.len());
-    for s in 0..seqs.len() {
-        let _ = tx.try_send(msg(s));
+    for (s, m) in msgs.iter().enumerate() {
+        let _ = tx.try_send(m.clone());
         inflight.push_back((s, Instant::now()));
     }
-    let mut replies = match c.model_stream_infer(ReceiverStream::new(rx)).await {
+    let mut g = tonic::client::Grpc::new(ch).max_decoding_message_size(64 << 20);
+    let path = PathAndQuery::from_static("/inference.GRPCInferenceService/ModelStreamInfer");
+    let opened = match g.ready().await {
+        Ok(()) => {
+            g.streaming(tonic::Request::new(ReceiverStream::new(rx)), path, Lean)
+                .await
+        }
+        Err(e) => Err(tonic::Status::unavailable(e.to_string())),
+    };
+    let mut replies = match opened {
         Ok(r) => r.into_inner(),
         Err(e) => {
             o.errors += 1;
@@ -155,7 +230,7 @@ pub async fn run_grpc_stream(
         }
         if now < w.end {
             if let Some(t) = &tx {
-                if t.send(msg(s)).await.is_err() {
+                if t.send(msgs[s].clone()).await.is_err() {
                     break;
                 }
                 inflight.push_back((s, Instant::now()));
