@@ -75,7 +75,9 @@ fn compile_inference() {
     std::fs::write(out.join("inference_descriptor.bin"), fds.encode_to_vec())
         .expect("write inference_descriptor.bin");
     tonic_prost_build::configure()
-        // Tests and tools call the server with the same generated client.
+        // The messages and the client (tests and tools call the server with
+        // it); the server is generated apart, below.
+        .build_server(false)
         .build_client(true)
         // Tensor bytes as `Bytes`: decoded as a slice of the received
         // buffer, not copied out of it.
@@ -86,20 +88,33 @@ fn compile_inference() {
         // which sends glibc's malloc into a free-list consolidation on
         // every request (perf, BENCHMARKS.md).
         .boxed(".inference.ModelInferRequest.InferInputTensor.contents")
-        // Parameter maps as `BTreeMap`: a request carries three, and hashing
-        // their keys with SipHash was ~7 % of the stream's server CPU (perf,
-        // BENCHMARKS.md); a handful of short keys compare faster than they hash.
         .btree_map(".inference.ModelInferRequest")
         .btree_map(".inference.ModelInferResponse")
-        // The stream's reply is coded by hand for speed:
-        // src/service/triton/wire.rs, same wire format.
+        .extern_path(".inference.ModelStreamInferResponse", STREAM_RESPONSE)
+        .compile_fds(fds.clone())
+        .expect("generate inference messages and client");
+    // The server alone, on the messages above, except the two coded by
+    // hand for speed (same wire format): the request it reads
+    // (src/service/triton/decode.rs) and the stream's reply
+    // (src/service/triton/wire.rs).
+    let server = out.join("inference_server");
+    std::fs::create_dir_all(&server).expect("create OUT_DIR/inference_server");
+    tonic_prost_build::configure()
+        .build_client(false)
+        .build_server(true)
+        .out_dir(server)
+        .extern_path(".inference", "crate::service::triton::pb")
         .extern_path(
-            ".inference.ModelStreamInferResponse",
-            "crate::service::triton::wire::ModelStreamInferResponse",
+            ".inference.ModelInferRequest",
+            "crate::service::triton::decode::ModelInferRequest",
         )
+        .extern_path(".inference.ModelStreamInferResponse", STREAM_RESPONSE)
         .compile_fds(fds)
-        .expect("generate inference gRPC code");
+        .expect("generate the inference gRPC server");
 }
+
+#[cfg(feature = "grpc")]
+const STREAM_RESPONSE: &str = "crate::service::triton::wire::ModelStreamInferResponse";
 
 /// `GRU_GIT_SHA` for `gru_build_info`: the commit being built, or "unknown"
 /// where there is no git (the Docker build copies no .git).

@@ -92,7 +92,7 @@ impl prost::Message for Matrix {
 /// prost marks its only public constructor deprecated (meant for its own
 /// generated code, which is what this file replaces); pinned to prost 0.14.
 #[allow(deprecated)]
-fn decode_error(msg: &'static str) -> DecodeError {
+pub(crate) fn decode_error(msg: &'static str) -> DecodeError {
     DecodeError::new(msg)
 }
 

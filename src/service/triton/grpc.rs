@@ -10,10 +10,10 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::decode::ModelInferRequest;
 use super::error::TritonError;
 use super::pb::{self, grpc_inference_service_server::GrpcInferenceService};
-use super::tensor::{decode_raw, Data, InTensor, Param};
-use super::{Echo, InferRequest, InferResponse, Refused, Submit, Submitted, Triton};
+use super::{InferResponse, Refused, Submit, Submitted, Triton};
 use crate::service::auth::{self, Caller};
 use crate::service::observe;
 use crate::service::stream::{next_message, replies, Next, ReplyStream};
@@ -44,100 +44,6 @@ impl TritonGrpc {
             stream_idle_timeout,
         }
     }
-}
-
-fn param(p: pb::InferParameter) -> Option<Param> {
-    use pb::infer_parameter::ParameterChoice as C;
-    Some(match p.parameter_choice? {
-        C::BoolParam(b) => Param::Bool(b),
-        C::Int64Param(n) => Param::Int(n),
-        C::StringParam(s) => Param::Str(s),
-        C::DoubleParam(d) => Param::Double(d),
-        C::Uint64Param(n) => Param::UInt(n),
-    })
-}
-
-/// Typed `contents` of an input, by its datatype.
-fn typed(datatype: &str, contents: Option<Box<pb::InferTensorContents>>) -> Data {
-    let c = contents.map(|c| *c).unwrap_or_default();
-    match datatype {
-        "FP32" => Data::F32(c.fp32_contents),
-        "INT32" => Data::Int(c.int_contents.into_iter().map(i64::from).collect()),
-        "INT64" => Data::Int(c.int64_contents),
-        _ => Data::Unsupported,
-    }
-}
-
-/// A `ModelInferRequest` as the core reads it.
-pub fn decode(mut r: pb::ModelInferRequest) -> Result<InferRequest, Refused> {
-    let refuse = |error, r: pb::ModelInferRequest| Refused {
-        error,
-        echo: Echo {
-            model: r.model_name,
-            version: r.model_version,
-            id: r.id,
-        },
-    };
-    let raw = !r.raw_input_contents.is_empty();
-    if raw && r.raw_input_contents.len() != r.inputs.len() {
-        let e = TritonError::invalid(format!(
-            "raw_input_contents has {} entries for {} inputs of model '{}'",
-            r.raw_input_contents.len(),
-            r.inputs.len(),
-            r.model_name
-        ));
-        return Err(refuse(e, r));
-    }
-    match tensors(
-        &r.model_name,
-        raw,
-        std::mem::take(&mut r.inputs),
-        &r.raw_input_contents,
-    ) {
-        Ok(inputs) => Ok(InferRequest {
-            model: r.model_name,
-            version: r.model_version,
-            id: r.id,
-            params: r
-                .parameters
-                .into_iter()
-                .filter_map(|(k, v)| param(v).map(|p| (k, p)))
-                .collect(),
-            inputs,
-            outputs: r.outputs.into_iter().map(|o| o.name).collect(),
-        }),
-        Err(e) => Err(refuse(e, r)),
-    }
-}
-
-/// The input tensors, from raw bytes or typed contents.
-fn tensors(
-    model: &str,
-    raw: bool,
-    tensors: Vec<pb::model_infer_request::InferInputTensor>,
-    raw_contents: &[prost::bytes::Bytes],
-) -> Result<Vec<InTensor>, TritonError> {
-    let mut inputs = Vec::with_capacity(tensors.len());
-    for (n, mut t) in tensors.into_iter().enumerate() {
-        let data = if raw {
-            if t.contents.is_some() {
-                return Err(TritonError::invalid(format!(
-                    "contents field must not be specified when using raw_input_contents for '{}' for model '{model}'",
-                    t.name
-                )));
-            }
-            decode_raw(&t.name, &t.datatype, &t.shape, &raw_contents[n])?
-        } else {
-            typed(&t.datatype, t.contents.take())
-        };
-        inputs.push(InTensor {
-            name: t.name,
-            datatype: t.datatype,
-            shape: t.shape,
-            data,
-        });
-    }
-    Ok(inputs)
 }
 
 /// The response: outputs always as raw little-endian bytes (tritonclient
@@ -266,12 +172,9 @@ impl GrpcInferenceService for TritonGrpc {
         }))
     }
 
-    async fn model_infer(
-        &self,
-        req: Request<pb::ModelInferRequest>,
-    ) -> Rpc<pb::ModelInferResponse> {
+    async fn model_infer(&self, req: Request<ModelInferRequest>) -> Rpc<pb::ModelInferResponse> {
         let owner = auth::tenant(&req);
-        let r = decode(req.into_inner()).map_err(TritonError::from)?;
+        let r = req.into_inner().into_request().map_err(TritonError::from)?;
         let submitted = self.core.submit(owner.as_deref(), r).await;
         let done = self
             .core
@@ -285,7 +188,7 @@ impl GrpcInferenceService for TritonGrpc {
 
     async fn model_stream_infer(
         &self,
-        req: Request<Streaming<pb::ModelInferRequest>>,
+        req: Request<Streaming<ModelInferRequest>>,
     ) -> Rpc<Self::ModelStreamInferStream> {
         // Held by the stream's replies for the stream's life.
         let permit = self
@@ -448,7 +351,7 @@ enum Item {
 async fn pump(
     core: Arc<Triton>,
     owner: Option<String>,
-    mut inbound: Streaming<pb::ModelInferRequest>,
+    mut inbound: Streaming<ModelInferRequest>,
     order_tx: mpsc::Sender<Item>,
     cancel: CancellationToken,
     idle: Duration,
@@ -465,7 +368,7 @@ async fn pump(
         // Queued before the next request is read. The common case (a
         // sequence held here) is queued without waiting, so only START and
         // a sequence found through the store build the waiting future.
-        let submitted = match decode(r) {
+        let submitted = match r.into_request() {
             Ok(r) => match core.submit_now(owner.as_deref(), r) {
                 Submit::Done(s) => s,
                 Submit::Wait(w) => core.submit_wait(*w).await,

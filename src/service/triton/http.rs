@@ -430,8 +430,8 @@ fn decode(
             }
         };
         inputs.push(InTensor {
-            name,
-            datatype,
+            name: name.into(),
+            datatype: datatype.into(),
             shape,
             data,
         });
@@ -457,7 +457,7 @@ fn decode(
             .and_then(Value::as_bool)
             .unwrap_or(all_binary);
         binary_out.insert(name.clone(), b);
-        outputs.push(name);
+        outputs.push(name.into());
     }
     Ok((
         InferRequest {

@@ -28,8 +28,8 @@ pub use super::request::{InferRequest, InferResponse, Params};
 use super::sequences::{Found, SeqKey};
 use super::stats::Timings;
 use super::step::{StepPlan, Work};
-use super::tensor::InTensor;
 use super::tensor::{Floats, OutTensor};
+use super::tensor::{InTensor, Name};
 use super::Triton;
 use crate::engine::{HiddenState, PredictSeq, ServedModel};
 use crate::service::observe;
@@ -233,7 +233,7 @@ impl Triton {
         m: &Arc<ServedModel>,
         owner: Option<&str>,
         version: &str,
-        (params, inputs, outputs): (Params, Vec<InTensor>, Vec<String>),
+        (params, inputs, outputs): (Params, Vec<InTensor>, Vec<Name>),
         span: &tracing::Span,
     ) -> Result<(Planned, [bool; 2]), TritonError> {
         let mut p = seq_params(&params)?;

@@ -13,6 +13,7 @@ use std::sync::{Arc, OnceLock};
 
 use crate::engine::{Engine, ServedModel};
 
+pub mod decode;
 pub mod error;
 pub mod grpc;
 pub mod http;

@@ -8,7 +8,7 @@ use std::time::Duration;
 use super::error::TritonError;
 use super::model::{INPUT, OUTPUTS, SEQUENCE_LENGTH, STATE_IN};
 use super::sequences::{SeqId, MAX_STRING_ID_LEN};
-use super::tensor::{elements, Data, InTensor, OutTensor, Param};
+use super::tensor::{elements, Data, InTensor, Name, OutTensor, Param};
 
 /// A request as either transport decoded it.
 #[derive(Debug, Clone, Default)]
@@ -21,7 +21,7 @@ pub struct InferRequest {
     pub params: Params,
     pub inputs: Vec<InTensor>,
     /// The outputs asked for, by name; empty = all.
-    pub outputs: Vec<String>,
+    pub outputs: Vec<Name>,
 }
 
 #[derive(Debug, Clone)]
@@ -36,17 +36,31 @@ pub struct InferResponse {
 /// both a protobuf map and a JSON object hold each once). A handful per
 /// request: a scan beats hashing them into a map.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct Params(pub Vec<(String, Param)>);
+pub struct Params(pub Vec<(Name, Param)>);
 
 impl Params {
     pub fn get(&self, name: &str) -> Option<&Param> {
         self.0.iter().find(|(k, _)| k == name).map(|(_, v)| v)
     }
+
+    /// Sets `name`, replacing an earlier value (a protobuf map's last entry
+    /// wins); `None` removes it.
+    pub fn set(&mut self, name: Name, value: Option<Param>) {
+        let at = self.0.iter().position(|(k, _)| *k == name);
+        match (at, value) {
+            (Some(i), Some(v)) => self.0[i].1 = v,
+            (Some(i), None) => {
+                self.0.remove(i);
+            }
+            (None, Some(v)) => self.0.push((name, v)),
+            (None, None) => {}
+        }
+    }
 }
 
-impl FromIterator<(String, Param)> for Params {
-    fn from_iter<I: IntoIterator<Item = (String, Param)>>(iter: I) -> Self {
-        Params(iter.into_iter().collect())
+impl<K: Into<Name>> FromIterator<(K, Param)> for Params {
+    fn from_iter<I: IntoIterator<Item = (K, Param)>>(iter: I) -> Self {
+        Params(iter.into_iter().map(|(k, v)| (k.into(), v)).collect())
     }
 }
 
@@ -126,7 +140,7 @@ pub(super) struct Inputs {
 pub(super) fn collect_inputs(model: &str, tensors: Vec<InTensor>) -> Result<Inputs, TritonError> {
     let (mut input, mut lengths, mut state) = (None, None, None);
     for t in tensors {
-        let (slot_taken, want) = match t.name.as_str() {
+        let (slot_taken, want) = match &*t.name {
             INPUT => (input.is_some(), "FP32"),
             STATE_IN => (state.is_some(), "FP32"),
             SEQUENCE_LENGTH => (lengths.is_some(), "INT32"),
@@ -160,7 +174,7 @@ pub(super) fn collect_inputs(model: &str, tensors: Vec<InTensor>) -> Result<Inpu
                 t.data.count().unwrap_or(0)
             )));
         }
-        match (t.name.as_str(), t.data) {
+        match (&*t.name, t.data) {
             (INPUT, Data::F32(v)) => input = Some((t.shape, v)),
             (STATE_IN, Data::F32(v)) => state = Some((t.shape, v)),
             (_, Data::Int(v)) => lengths = Some((t.shape, v)),
@@ -183,13 +197,13 @@ pub(super) fn collect_inputs(model: &str, tensors: Vec<InTensor>) -> Result<Inpu
 }
 
 /// Which of [`OUTPUTS`] the request wants.
-pub(super) fn wanted(model: &str, asked: &[String]) -> Result<[bool; 2], TritonError> {
+pub(super) fn wanted(model: &str, asked: &[Name]) -> Result<[bool; 2], TritonError> {
     if asked.is_empty() {
         return Ok([true, true]);
     }
     let mut w = [false, false];
     for name in asked {
-        match OUTPUTS.iter().position(|o| o == name) {
+        match OUTPUTS.iter().position(|o| *o == &**name) {
             Some(i) => w[i] = true,
             None => {
                 return Err(TritonError::invalid(format!(

@@ -4,6 +4,7 @@
 //! `SEQUENCE_LENGTH`; any other type is kept as its name, to be refused by
 //! the input it was sent for.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use super::error::TritonError;
@@ -38,10 +39,41 @@ impl Data {
     }
 }
 
+/// A tensor's, datatype's or parameter's name: the protocol's own names
+/// are static (no allocation per request), others are kept as sent.
+pub type Name = Cow<'static, str>;
+
+/// The names requests carry on every call.
+const KNOWN: [&str; 15] = [
+    super::model::INPUT,
+    super::model::STATE_IN,
+    super::model::SEQUENCE_LENGTH,
+    super::model::OUTPUT,
+    super::model::STATE_OUT,
+    "FP32",
+    "INT32",
+    "INT64",
+    "sequence_id",
+    "sequence_start",
+    "sequence_end",
+    "sequence_step",
+    "priority",
+    "timeout",
+    "binary_data_output",
+];
+
+/// `s` as a [`Name`]: static when it is one of the protocol's.
+pub fn name(s: &str) -> Name {
+    match KNOWN.iter().find(|k| **k == s) {
+        Some(k) => Cow::Borrowed(k),
+        None => Cow::Owned(s.to_string()),
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct InTensor {
-    pub name: String,
-    pub datatype: String,
+    pub name: Name,
+    pub datatype: Name,
     pub shape: Vec<i64>,
     pub data: Data,
 }
