@@ -84,6 +84,18 @@ async fn metrics_move_with_traffic() {
         c.step(step_req("nope", rand_vec(I, 9), 0)).await,
     );
     assert_eq!(missing.code(), Code::NotFound);
+    // A Triton sequence on the same model: START with 2 rows, 1 row, END
+    // with 1 row. Its rows count once in the same families as gru.v1's.
+    let mut v2 = gru_serve::service::triton::pb::grpc_inference_service_client::GrpcInferenceServiceClient::new(
+        server.channel.clone(),
+    );
+    for (n, (start, end, k)) in [(true, false, 2), (false, false, 1), (false, true, 1)]
+        .into_iter()
+        .enumerate()
+    {
+        let r = common::triton::seq_request(Some((7, start, end)), &rand_vec(k * I, 20 + n as u64));
+        v2.model_infer(r).await.unwrap();
+    }
     c.predict(gru_serve::service::pb::PredictRequest {
         model: "m".into(),
         sequences: vec![gru_serve::service::pb::PredictSequence {
@@ -132,20 +144,20 @@ async fn metrics_move_with_traffic() {
     let mv = r#"model="m",version="1""#;
     assert_eq!(
         delta(&format!("gru_steps_total{{{mv}}}")),
-        6.0,
-        "rows computed"
+        6.0 + 4.0,
+        "rows computed: gru.v1's 6 and the Triton sequence's 4, each once"
     );
     // Real histograms: cumulative buckets with `le`, a count and a sum.
     assert_eq!(
         delta(&format!(
             r#"gru_step_latency_seconds_bucket{{le="+Inf",{mv}}}"#
         )),
-        3.0,
-        "one latency per computed step message"
+        3.0 + 3.0,
+        "one latency per computed step message, either protocol"
     );
     assert_eq!(
         delta(&format!("gru_step_latency_seconds_count{{{mv}}}")),
-        3.0
+        6.0
     );
     assert!(
         after.contains_key(&format!(
@@ -192,16 +204,17 @@ async fn metrics_move_with_traffic() {
         !text.contains("gru_step_latency_seconds{quantile"),
         "rendered as a summary"
     );
-    // Three lone Steps: three batches of one session each.
+    // Three lone Steps and the three Triton requests, one after another:
+    // six batches of one session each.
     assert_eq!(
         delta(&format!(r#"gru_batch_sessions_bucket{{le="+Inf",{mv}}}"#)),
-        3.0
+        6.0
     );
     assert_eq!(
         delta(&format!(r#"gru_batch_sessions_bucket{{le="1",{mv}}}"#)),
-        3.0
+        6.0
     );
-    assert_eq!(delta(&format!("gru_batch_sessions_sum{{{mv}}}")), 3.0);
+    assert_eq!(delta(&format!("gru_batch_sessions_sum{{{mv}}}")), 6.0);
     assert_eq!(
         delta(r#"gru_rpc_duration_seconds_count{method="gru.v1.GruService/Step"}"#),
         4.0

@@ -399,11 +399,13 @@ impl Triton {
                 let session = pending.session.clone();
                 let reply = pending.wait().await?;
                 let replied = Instant::now();
-                let metrics = &m.worker.stats.metrics;
-                metrics
+                // `gru_steps_total` is the worker's (it counts each step
+                // before its reply, for either protocol).
+                m.worker
+                    .stats
+                    .metrics
                     .step_latency
                     .record((replied - started).as_secs_f64());
-                metrics.steps.increment(k as u64);
                 if end {
                     self.sequences.end(&key, &session.id);
                     // Boxed, as the predict below: the rare paths' futures
