@@ -6,24 +6,26 @@
 //! three parameter keys and their map, the input's name, datatype and
 //! shape, the outputs' names, ...) and then a second pass to become the
 //! core's [`InferRequest`]: ~20 % of a stream's server CPU (perf,
-//! BENCHMARKS.md). Here the protocol's names are static ([`Name`]),
-//! parameters land in [`Params`] as they are read, and [`into_request`]
-//! only reads the tensors' bytes. Input and output tensors' own parameter
-//! maps are skipped: the adapter reads none of them over gRPC.
+//! BENCHMARKS.md). Here the message is parsed as one slice (tonic hands it
+//! over in one buffer), the protocol's names are matched as bytes and kept
+//! static ([`Name`]), parameters land in [`Params`] as they are read, the
+//! tensors' bytes stay views of the received buffer, and [`into_request`]
+//! only reads them. Input and output tensors' own parameter maps are
+//! skipped: the adapter reads none of them over gRPC.
 //!
 //! [`into_request`]: ModelInferRequest::into_request
 
 use prost::bytes::{Buf, BufMut, Bytes};
 use prost::encoding::{
     bytes, check_wire_type, decode_key, decode_varint, encode_key, encode_varint,
-    encoded_len_varint, int64, key_len, merge_loop, message, skip_field, string, DecodeContext,
-    WireType,
+    encoded_len_varint, int64, key_len, message, skip_field, DecodeContext, WireType,
 };
 use prost::DecodeError;
+use prost::Message;
 
 use super::error::TritonError;
 use super::pb::{infer_parameter::ParameterChoice as C, InferParameter, InferTensorContents};
-use super::tensor::{decode_raw, name, Data, InTensor, Name, Param};
+use super::tensor::{decode_raw, known, Data, InTensor, Name, Param};
 use super::{Echo, InferRequest, Params, Refused};
 use crate::service::matrix::decode_error;
 
@@ -50,16 +52,6 @@ pub struct Input {
     pub contents: Option<Box<InferTensorContents>>,
 }
 
-fn param(p: InferParameter) -> Option<Param> {
-    Some(match p.parameter_choice? {
-        C::BoolParam(b) => Param::Bool(b),
-        C::Int64Param(n) => Param::Int(n),
-        C::StringParam(s) => Param::Str(s),
-        C::DoubleParam(d) => Param::Double(d),
-        C::Uint64Param(n) => Param::UInt(n),
-    })
-}
-
 fn choice(p: &Param) -> InferParameter {
     InferParameter {
         parameter_choice: Some(match p {
@@ -72,146 +64,142 @@ fn choice(p: &Param) -> InferParameter {
     }
 }
 
-/// A string field as a [`Name`]: a known name is matched in the received
-/// buffer and not copied.
-fn read_name(wire_type: WireType, buf: &mut impl Buf) -> Result<Name, DecodeError> {
+fn underflow() -> DecodeError {
+    decode_error("buffer underflow")
+}
+
+fn not_utf8() -> DecodeError {
+    decode_error("invalid string value: data is not UTF-8 encoded")
+}
+
+/// A length-delimited field's body.
+fn delimited<'a>(wire_type: WireType, s: &mut &'a [u8]) -> Result<&'a [u8], DecodeError> {
     check_wire_type(WireType::LengthDelimited, wire_type)?;
-    let len = decode_varint(buf)?;
-    if len > buf.remaining() as u64 {
-        return Err(decode_error("buffer underflow"));
+    let len = decode_varint(s)?;
+    if len > s.len() as u64 {
+        return Err(underflow());
     }
-    let len = len as usize;
-    let not_utf8 = || decode_error("invalid string value: data is not UTF-8 encoded");
-    if buf.chunk().len() >= len {
-        let n = name(std::str::from_utf8(&buf.chunk()[..len]).map_err(|_| not_utf8())?);
-        buf.advance(len);
-        Ok(n)
-    } else {
-        let mut v = vec![0; len];
-        buf.copy_to_slice(&mut v);
-        String::from_utf8(v)
-            .map(Name::Owned)
-            .map_err(|_| not_utf8())
+    let (body, rest) = s.split_at(len as usize);
+    *s = rest;
+    Ok(body)
+}
+
+fn string(body: &[u8]) -> Result<String, DecodeError> {
+    std::str::from_utf8(body)
+        .map(str::to_owned)
+        .map_err(|_| not_utf8())
+}
+
+/// A name: one of the protocol's is matched as bytes (no copy, and no
+/// UTF-8 check: it is a known string).
+fn name_of(body: &[u8]) -> Result<Name, DecodeError> {
+    match known(body) {
+        Some(k) => Ok(Name::Borrowed(k)),
+        None => string(body).map(Name::Owned),
     }
 }
 
-/// One `map<string, InferParameter>` entry: (key, value).
-fn read_entry<B: Buf>(
-    wire_type: WireType,
-    buf: &mut B,
-    ctx: DecodeContext,
-) -> Result<(Name, InferParameter), DecodeError> {
-    check_wire_type(WireType::LengthDelimited, wire_type)?;
-    let mut entry = (Name::Borrowed(""), InferParameter::default());
-    merge_loop(&mut entry, buf, ctx, |(k, v), buf, ctx| {
-        let (tag, wt) = decode_key(buf)?;
+/// `InferParameter`: the last choice set (a oneof), if any.
+fn param(mut s: &[u8]) -> Result<Option<Param>, DecodeError> {
+    let mut p = None;
+    while !s.is_empty() {
+        let (tag, wt) = decode_key(&mut s)?;
+        let varint = |s: &mut &[u8]| {
+            check_wire_type(WireType::Varint, wt)?;
+            decode_varint(s)
+        };
+        p = Some(match tag {
+            1 => Param::Bool(varint(&mut s)? != 0),
+            2 => Param::Int(varint(&mut s)? as i64),
+            3 => Param::Str(string(delimited(wt, &mut s)?)?),
+            4 => {
+                check_wire_type(WireType::SixtyFourBit, wt)?;
+                let (d, rest) = s.split_first_chunk::<8>().ok_or_else(underflow)?;
+                s = rest;
+                Param::Double(f64::from_le_bytes(*d))
+            }
+            5 => Param::UInt(varint(&mut s)?),
+            _ => {
+                skip_field(wt, tag, &mut s, DecodeContext::default())?;
+                continue;
+            }
+        });
+    }
+    Ok(p)
+}
+
+/// One `map<string, InferParameter>` entry: (key, value if set).
+fn entry(mut s: &[u8]) -> Result<(Name, Option<Param>), DecodeError> {
+    let (mut k, mut v) = (Name::Borrowed(""), None);
+    while !s.is_empty() {
+        let (tag, wt) = decode_key(&mut s)?;
         match tag {
-            1 => *k = read_name(wt, buf)?,
-            2 => message::merge(wt, v, buf, ctx)?,
-            _ => skip_field(wt, tag, buf, ctx)?,
+            1 => k = name_of(delimited(wt, &mut s)?)?,
+            // A value sent twice merges: a later choice replaces.
+            2 => v = param(delimited(wt, &mut s)?)?.or(v),
+            _ => skip_field(wt, tag, &mut s, DecodeContext::default())?,
         }
-        Ok(())
-    })?;
-    Ok(entry)
+    }
+    Ok((k, v))
 }
 
-fn read_input<B: Buf>(
-    wire_type: WireType,
-    buf: &mut B,
-    ctx: DecodeContext,
-) -> Result<Input, DecodeError> {
-    check_wire_type(WireType::LengthDelimited, wire_type)?;
+fn input(mut s: &[u8]) -> Result<Input, DecodeError> {
     let mut t = Input::default();
-    merge_loop(&mut t, buf, ctx, |t, buf, ctx| {
-        let (tag, wt) = decode_key(buf)?;
+    while !s.is_empty() {
+        let (tag, wt) = decode_key(&mut s)?;
         match tag {
-            1 => t.name = read_name(wt, buf)?,
-            2 => t.datatype = read_name(wt, buf)?,
-            3 => int64::merge_repeated(wt, &mut t.shape, buf, ctx)?,
-            5 => message::merge(wt, t.contents.get_or_insert_default().as_mut(), buf, ctx)?,
-            _ => skip_field(wt, tag, buf, ctx)?,
+            1 => t.name = name_of(delimited(wt, &mut s)?)?,
+            2 => t.datatype = name_of(delimited(wt, &mut s)?)?,
+            3 => int64::merge_repeated(wt, &mut t.shape, &mut s, DecodeContext::default())?,
+            5 => {
+                let body = delimited(wt, &mut s)?;
+                t.contents.get_or_insert_default().merge(body)?;
+            }
+            _ => skip_field(wt, tag, &mut s, DecodeContext::default())?,
         }
-        Ok(())
-    })?;
+    }
     Ok(t)
 }
 
-fn read_output<B: Buf>(
-    wire_type: WireType,
-    buf: &mut B,
-    ctx: DecodeContext,
-) -> Result<Name, DecodeError> {
-    check_wire_type(WireType::LengthDelimited, wire_type)?;
+/// `InferRequestedOutputTensor`: its name.
+fn output(mut s: &[u8]) -> Result<Name, DecodeError> {
     let mut n = Name::Borrowed("");
-    merge_loop(&mut n, buf, ctx, |n, buf, ctx| {
-        let (tag, wt) = decode_key(buf)?;
+    while !s.is_empty() {
+        let (tag, wt) = decode_key(&mut s)?;
         match tag {
-            1 => *n = read_name(wt, buf)?,
-            _ => skip_field(wt, tag, buf, ctx)?,
+            1 => n = name_of(delimited(wt, &mut s)?)?,
+            _ => skip_field(wt, tag, &mut s, DecodeContext::default())?,
         }
-        Ok(())
-    })?;
+    }
     Ok(n)
 }
 
-/// A nested message's reader, for [`nested`].
-trait Nested {
-    type Out;
-    fn read<B: Buf>(
-        wire_type: WireType,
-        buf: &mut B,
-        ctx: DecodeContext,
-    ) -> Result<Self::Out, DecodeError>;
-}
+/// The request's fields: all length-delimited.
+const FIELDS: std::ops::RangeInclusive<u32> = 1..=7;
 
-/// The nested messages of a request: parameter entries, inputs, outputs.
-struct Entry;
-struct In;
-struct Out;
-
-impl Nested for Entry {
-    type Out = (Name, InferParameter);
-    fn read<B: Buf>(
-        wt: WireType,
-        buf: &mut B,
-        ctx: DecodeContext,
-    ) -> Result<Self::Out, DecodeError> {
-        read_entry(wt, buf, ctx)
-    }
-}
-
-impl Nested for In {
-    type Out = Input;
-    fn read<B: Buf>(wt: WireType, buf: &mut B, ctx: DecodeContext) -> Result<Input, DecodeError> {
-        read_input(wt, buf, ctx)
-    }
-}
-
-impl Nested for Out {
-    type Out = Name;
-    fn read<B: Buf>(wt: WireType, buf: &mut B, ctx: DecodeContext) -> Result<Name, DecodeError> {
-        read_output(wt, buf, ctx)
-    }
-}
-
-/// A nested message read from the buffer's first chunk as a plain slice,
-/// which advances cheaply (tonic's buffer updates a `BytesMut` on every
-/// read, ~6 % of the stream's server CPU with the generic reads); from the
-/// buffer itself where the message runs past that chunk.
-fn nested<N: Nested>(
-    wire_type: WireType,
-    buf: &mut impl Buf,
-    ctx: DecodeContext,
-) -> Result<N::Out, DecodeError> {
-    let mut s = buf.chunk();
-    let before = s.len();
-    match N::read(wire_type, &mut s, ctx.clone()) {
-        Ok(v) => {
-            let used = before - s.len();
-            buf.advance(used);
-            Ok(v)
+impl ModelInferRequest {
+    /// One top-level field from its body; `bytes` gives the body as
+    /// `Bytes`, so `raw_input_contents` stays a view of the received
+    /// buffer, not a copy.
+    fn field(
+        &mut self,
+        tag: u32,
+        body: &[u8],
+        bytes: impl FnOnce() -> Bytes,
+    ) -> Result<(), DecodeError> {
+        match tag {
+            1 => self.model_name = string(body)?,
+            2 => self.model_version = string(body)?,
+            3 => self.id = string(body)?,
+            4 => {
+                let (k, v) = entry(body)?;
+                self.parameters.set(k, v);
+            }
+            5 => self.inputs.push(input(body)?),
+            6 => self.outputs.push(output(body)?),
+            _ => self.raw_input_contents.push(bytes()),
         }
-        Err(_) => N::read(wire_type, buf, ctx),
+        Ok(())
     }
 }
 
@@ -243,11 +231,32 @@ fn input_len(t: &Input) -> usize {
             .map_or(0, |c| message::encoded_len(5, c.as_ref()))
 }
 
-fn delimited(tag: u32, len: usize) -> usize {
+fn delimited_len(tag: u32, len: usize) -> usize {
     key_len(tag) + encoded_len_varint(len as u64) + len
 }
 
 impl prost::Message for ModelInferRequest {
+    /// The whole message parsed as one slice: tonic hands a message over
+    /// in one contiguous buffer, taken here as `Bytes` without a copy. A
+    /// slice advances for free where the generic reads pay a `BytesMut`
+    /// update each (prost's generated decoding of this message took ~500 ns
+    /// a request, ~20 % of a stream's server CPU: BENCHMARKS.md).
+    fn merge(&mut self, mut buf: impl Buf) -> Result<(), DecodeError> {
+        let b = buf.copy_to_bytes(buf.remaining());
+        let mut s = &b[..];
+        while !s.is_empty() {
+            let (tag, wt) = decode_key(&mut s)?;
+            if !FIELDS.contains(&tag) {
+                skip_field(wt, tag, &mut s, DecodeContext::default())?;
+                continue;
+            }
+            let body = delimited(wt, &mut s)?;
+            let at = b.len() - s.len() - body.len();
+            self.field(tag, body, || b.slice(at..at + body.len()))?;
+        }
+        Ok(())
+    }
+
     fn merge_field(
         &mut self,
         tag: u32,
@@ -255,28 +264,16 @@ impl prost::Message for ModelInferRequest {
         buf: &mut impl Buf,
         ctx: DecodeContext,
     ) -> Result<(), DecodeError> {
-        match tag {
-            1 => string::merge(wire_type, &mut self.model_name, buf, ctx),
-            2 => string::merge(wire_type, &mut self.model_version, buf, ctx),
-            3 => string::merge(wire_type, &mut self.id, buf, ctx),
-            4 => {
-                let (k, v) = nested::<Entry>(wire_type, buf, ctx)?;
-                self.parameters.set(k, param(v));
-                Ok(())
-            }
-            5 => {
-                let t = nested::<In>(wire_type, buf, ctx)?;
-                self.inputs.push(t);
-                Ok(())
-            }
-            6 => {
-                let n = nested::<Out>(wire_type, buf, ctx)?;
-                self.outputs.push(n);
-                Ok(())
-            }
-            7 => bytes::merge_repeated(wire_type, &mut self.raw_input_contents, buf, ctx),
-            _ => skip_field(wire_type, tag, buf, ctx),
+        if !FIELDS.contains(&tag) {
+            return skip_field(wire_type, tag, buf, ctx);
         }
+        check_wire_type(WireType::LengthDelimited, wire_type)?;
+        let len = decode_varint(buf)?;
+        if len > buf.remaining() as u64 {
+            return Err(underflow());
+        }
+        let body = buf.copy_to_bytes(len as usize);
+        self.field(tag, &body, || body.clone())
     }
 
     // Encoding is for tests and tools; the server only decodes requests.
@@ -316,17 +313,17 @@ impl prost::Message for ModelInferRequest {
                 .parameters
                 .0
                 .iter()
-                .map(|e| delimited(4, entry_len(e)))
+                .map(|e| delimited_len(4, entry_len(e)))
                 .sum::<usize>()
             + self
                 .inputs
                 .iter()
-                .map(|t| delimited(5, input_len(t)))
+                .map(|t| delimited_len(5, input_len(t)))
                 .sum::<usize>()
             + self
                 .outputs
                 .iter()
-                .map(|n| delimited(6, str_len(1, n)))
+                .map(|n| delimited_len(6, str_len(1, n)))
                 .sum::<usize>()
             + bytes::encoded_len_repeated(7, &self.raw_input_contents)
     }
@@ -549,6 +546,24 @@ mod tests {
             let got = ModelInferRequest::decode(a.chain(b)).unwrap();
             assert_eq!(got, whole, "split at {cut}");
         }
+    }
+
+    #[test]
+    fn field_by_field_decoding_reads_the_same_as_the_whole_message() {
+        // prost's generic loop (a nested message's decoding) goes through
+        // merge_field; Message::decode through the slice parser.
+        let bytes = generated().encode_length_delimited_to_vec();
+        let mut by_field = ModelInferRequest::default();
+        prost::encoding::message::merge(
+            WireType::LengthDelimited,
+            &mut by_field,
+            &mut &bytes[..],
+            DecodeContext::default(),
+        )
+        .unwrap();
+        let whole = ModelInferRequest::decode_length_delimited(&bytes[..]).unwrap();
+        assert_eq!(by_field, whole);
+        assert_eq!(whole.inputs.len(), 2);
     }
 
     #[test]

@@ -62,12 +62,9 @@ const KNOWN: [&str; 15] = [
     "binary_data_output",
 ];
 
-/// `s` as a [`Name`]: static when it is one of the protocol's.
-pub fn name(s: &str) -> Name {
-    match KNOWN.iter().find(|k| **k == s) {
-        Some(k) => Cow::Borrowed(k),
-        None => Cow::Owned(s.to_string()),
-    }
+/// The protocol's own name spelled by `b`, if it is one.
+pub fn known(b: &[u8]) -> Option<&'static str> {
+    KNOWN.iter().find(|k| k.as_bytes() == b).copied()
 }
 
 #[derive(Debug, Clone)]
