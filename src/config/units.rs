@@ -1,7 +1,8 @@
 //! Sizes and durations as people write them: `64MiB`, `1GiB`, `30s`, `10m`.
 //! A bare number keeps its old meaning (bytes; seconds), so existing
-//! configurations read the same.
+//! configurations read the same. Also fractions and listen addresses.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 const BYTE_UNITS: [(&str, u64); 9] = [
@@ -104,6 +105,30 @@ pub fn format_duration(d: Duration) -> String {
         s if s.is_multiple_of(60) => format!("{}m", s / 60),
         s => format!("{s}s"),
     }
+}
+
+/// A number from 0 to 1.
+pub(super) fn parse_fraction(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.0..=1.0).contains(&v) => Ok(v),
+        _ => Err(format!("'{s}': expected a number from 0 to 1")),
+    }
+}
+
+/// "off" or a socket address.
+pub(super) fn parse_listen(s: &str) -> Result<String, String> {
+    if s == "off" || s.parse::<SocketAddr>().is_ok() {
+        Ok(s.to_string())
+    } else {
+        Err(format!(
+            "'{s}' is neither \"off\" nor an address like 0.0.0.0:9090"
+        ))
+    }
+}
+
+/// None for "off", else the address (checked by [`parse_listen`]).
+pub(super) fn listen_addr(s: &str) -> Option<SocketAddr> {
+    s.parse().ok()
 }
 
 #[cfg(test)]
