@@ -18,6 +18,7 @@ pub mod error;
 pub mod grpc;
 pub mod http;
 mod infer;
+mod json;
 pub mod model;
 pub mod pb;
 mod request;
