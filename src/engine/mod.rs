@@ -5,6 +5,7 @@ pub mod batcher;
 mod error;
 mod housekeeping;
 pub mod ids;
+mod owner;
 pub mod predict;
 pub mod registry;
 pub mod replies;
@@ -22,8 +23,9 @@ use std::time::Duration;
 
 pub use batcher::{StepInput, StepReply};
 pub use error::EngineError;
+pub use owner::Owner;
 pub use registry::{ModelMeta, Registry, ServedModel};
-pub use sessions::{ExportedState, OpenParams, Owner, Session, SessionStore};
+pub use sessions::{ExportedState, OpenParams, Session, SessionStore};
 pub use state::{HiddenState, StepOutcome};
 pub use steps::{PendingStep, StreamSessions, STREAM_SESSIONS_MAX};
 pub use store::{StoreConfig, StoreSpec};

@@ -17,60 +17,10 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::ids;
+use super::owner::Owner;
 use super::registry::ServedModel;
 use super::state::{HiddenState, SessionData, SessionState};
 use super::EngineError;
-
-/// SHA-256 of a tenant's name: how a stored session names its owner (the
-/// stores never hold tenant names, and never tokens).
-pub fn owner_hash(tenant: &str) -> Vec<u8> {
-    ring::digest::digest(&ring::digest::SHA256, tenant.as_bytes())
-        .as_ref()
-        .to_vec()
-}
-
-/// The tenant a session belongs to. Sessions opened here know the name;
-/// sessions read back from a store know only its hash.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Owner {
-    /// Opened without authentication.
-    Nobody,
-    Tenant(String),
-    Hashed(Vec<u8>),
-}
-
-impl Owner {
-    pub fn of(tenant: Option<String>) -> Owner {
-        tenant.map_or(Owner::Nobody, Owner::Tenant)
-    }
-
-    pub fn from_hash(hash: Vec<u8>) -> Owner {
-        if hash.is_empty() {
-            Owner::Nobody
-        } else {
-            Owner::Hashed(hash)
-        }
-    }
-
-    /// Whether `caller` (a tenant name, None without auth) owns it.
-    pub fn matches(&self, caller: Option<&str>) -> bool {
-        match (self, caller) {
-            (Owner::Nobody, None) => true,
-            (Owner::Tenant(t), Some(c)) => t == c,
-            (Owner::Hashed(h), Some(c)) => *h == owner_hash(c),
-            _ => false,
-        }
-    }
-
-    /// Its stored form: empty for nobody.
-    pub fn hash(&self) -> Vec<u8> {
-        match self {
-            Owner::Nobody => Vec::new(),
-            Owner::Tenant(t) => owner_hash(t),
-            Owner::Hashed(h) => h.clone(),
-        }
-    }
-}
 
 /// A caller's key-space entry: (owner hash, client key).
 fn key_entry(owner: &Owner, key: &str) -> (Vec<u8>, String) {

@@ -7,8 +7,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::time::Instant;
 
 use super::pb;
+use crate::engine::owner::Owner;
 use crate::engine::registry::{Registry, ServedModel};
-use crate::engine::sessions::{Owner, Restored, Session};
+use crate::engine::sessions::{Restored, Session};
 use crate::engine::state::{LastReply, Saved, SessionData, StepOutcome};
 use crate::engine::{ids, EngineError};
 

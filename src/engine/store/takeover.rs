@@ -9,8 +9,9 @@ use prost::Message;
 
 use super::checkpoint::create;
 use super::{pb, shared, snapshot, Durable};
+use crate::engine::owner::owner_hash;
 use crate::engine::registry::Registry;
-use crate::engine::sessions::{owner_hash, Session, SessionStore};
+use crate::engine::sessions::{Session, SessionStore};
 use crate::engine::state::Saved;
 use crate::engine::EngineError;
 
