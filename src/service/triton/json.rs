@@ -45,6 +45,19 @@ fn params(v: Option<&Value>) -> Params {
         .unwrap_or_default()
 }
 
+/// A string member of `v` ("" when absent).
+fn text(v: &Value, key: &str) -> String {
+    v.get(key)
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// The elements of an array member of `v` (none when absent).
+fn items<'a>(v: &'a Value, key: &str) -> impl Iterator<Item = &'a Value> {
+    v.get(key).and_then(Value::as_array).into_iter().flatten()
+}
+
 /// Flattens (possibly nested) JSON arrays of numbers.
 fn flatten(v: &Value, out: &mut Vec<f64>) -> bool {
     match v {
@@ -78,22 +91,8 @@ pub(super) fn decode(
     let mut binary = &body[json_len..];
     let params = params(v.get("parameters"));
     let mut inputs = Vec::new();
-    for t in v
-        .get("inputs")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
-        let name = t
-            .get("name")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string();
-        let datatype = t
-            .get("datatype")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string();
+    for t in items(&v, "inputs") {
+        let (name, datatype) = (text(t, "name"), text(t, "datatype"));
         let shape: Vec<i64> = t
             .get("shape")
             .and_then(Value::as_array)
@@ -140,17 +139,8 @@ pub(super) fn decode(
     let mut binary_out = HashMap::new();
     binary_out.insert(String::new(), all_binary);
     let mut outputs = Vec::new();
-    for o in v
-        .get("outputs")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
-        let name = o
-            .get("name")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string();
+    for o in items(&v, "outputs") {
+        let name = text(o, "name");
         let b = o
             .get("parameters")
             .and_then(|p| p.get("binary_data"))

@@ -44,7 +44,7 @@ impl Data {
 pub type Name = Cow<'static, str>;
 
 /// The names requests carry on every call.
-const KNOWN: [&str; 15] = [
+const KNOWN: [&str; 14] = [
     super::model::INPUT,
     super::model::STATE_IN,
     super::model::SEQUENCE_LENGTH,
@@ -59,7 +59,6 @@ const KNOWN: [&str; 15] = [
     "sequence_step",
     "priority",
     "timeout",
-    "binary_data_output",
 ];
 
 /// The protocol's own name spelled by `b`, if it is one.

@@ -347,65 +347,52 @@ fn typed(datatype: &str, contents: Option<Box<InferTensorContents>>) -> Data {
 impl ModelInferRequest {
     /// The request as the core reads it: each input's values from its raw
     /// bytes or typed contents.
-    pub fn into_request(self) -> Result<InferRequest, Refused> {
-        let r = self;
-        let refuse = |error, r: ModelInferRequest| Refused {
-            error,
-            echo: Echo {
-                model: r.model_name,
-                version: r.model_version,
-                id: r.id,
-            },
-        };
-        let raw = !r.raw_input_contents.is_empty();
-        if raw && r.raw_input_contents.len() != r.inputs.len() {
-            let e = TritonError::invalid(format!(
-                "raw_input_contents has {} entries for {} inputs of model '{}'",
-                r.raw_input_contents.len(),
-                r.inputs.len(),
-                r.model_name
-            ));
-            return Err(refuse(e, r));
-        }
-        let mut r = r;
-        match tensors(
-            &r.model_name,
-            raw,
-            std::mem::take(&mut r.inputs),
-            &r.raw_input_contents,
-        ) {
+    pub fn into_request(mut self) -> Result<InferRequest, Refused> {
+        let inputs = std::mem::take(&mut self.inputs);
+        match tensors(&self.model_name, inputs, &self.raw_input_contents) {
             Ok(inputs) => Ok(InferRequest {
-                model: r.model_name,
-                version: r.model_version,
-                id: r.id,
-                params: r.parameters,
+                model: self.model_name,
+                version: self.model_version,
+                id: self.id,
+                params: self.parameters,
                 inputs,
-                outputs: r.outputs,
+                outputs: self.outputs,
             }),
-            Err(e) => Err(refuse(e, r)),
+            Err(error) => Err(Refused {
+                error,
+                echo: Echo {
+                    model: self.model_name,
+                    version: self.model_version,
+                    id: self.id,
+                },
+            }),
         }
     }
 }
 
-/// The input tensors, from raw bytes or typed contents.
-fn tensors(
-    model: &str,
-    raw: bool,
-    tensors: Vec<Input>,
-    raw_contents: &[Bytes],
-) -> Result<Vec<InTensor>, TritonError> {
+/// The input tensors, from raw bytes (one entry per input) or typed
+/// contents.
+fn tensors(model: &str, tensors: Vec<Input>, raw: &[Bytes]) -> Result<Vec<InTensor>, TritonError> {
+    if !raw.is_empty() && raw.len() != tensors.len() {
+        return Err(TritonError::invalid(format!(
+            "raw_input_contents has {} entries for {} inputs of model '{model}'",
+            raw.len(),
+            tensors.len()
+        )));
+    }
     let mut inputs = Vec::with_capacity(tensors.len());
-    for (n, mut t) in tensors.into_iter().enumerate() {
-        let data = if raw {
-            if t.contents.is_some() {
-                return Err(TritonError::invalid(format!(
-                    "contents field must not be specified when using raw_input_contents for '{}' for model '{model}'",
-                    t.name
-                )));
+    for (n, t) in tensors.into_iter().enumerate() {
+        let data = match raw.get(n) {
+            Some(bytes) => {
+                if t.contents.is_some() {
+                    return Err(TritonError::invalid(format!(
+                        "contents field must not be specified when using raw_input_contents for '{}' for model '{model}'",
+                        t.name
+                    )));
+                }
+                decode_raw(&t.name, &t.datatype, &t.shape, bytes)?
             }
-            decode_raw(&t.name, &t.datatype, &t.shape, &raw_contents[n])?
-        } else {
-            typed(&t.datatype, t.contents.take())
+            None => typed(&t.datatype, t.contents),
         };
         inputs.push(InTensor {
             name: t.name,
